@@ -1,0 +1,155 @@
+"""Starting states of lab hosts: the Postfix files each scenario writes over Debian's defaults.
+
+The base main.cf is what Debian 12's postfix package writes for an "Internet Site" with TLS enabled;
+master.cf is the machine's own (the package default). Each scenario returns the files it places in the
+host's private filesystem, keyed by absolute path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEBIAN_MAIN_CF = """\
+# See /usr/share/postfix/main.cf.dist for a commented, more complete version
+
+
+# Debian specific:  Specifying a file name will cause the first
+# line of that file to be used as the name.  The Debian default
+# is /etc/mailname.
+#myorigin = /etc/mailname
+
+smtpd_banner = $myhostname ESMTP $mail_name (Debian/GNU)
+biff = no
+
+# appending .domain is the MUA's job.
+append_dot_mydomain = no
+
+# Uncomment the next line to generate "delayed mail" warnings
+#delay_warning_time = 4h
+
+readme_directory = no
+
+# See http://www.postfix.org/COMPATIBILITY_README.html -- default to 3.6 on
+# fresh installs.
+compatibility_level = 3.6
+
+
+
+# TLS parameters
+smtpd_tls_cert_file=/etc/ssl/certs/remediate-lab.pem
+smtpd_tls_key_file=/etc/ssl/private/remediate-lab.key
+smtpd_tls_security_level=may
+
+smtp_tls_CApath=/etc/ssl/certs
+smtp_tls_security_level=may
+smtp_tls_session_cache_database = btree:${{data_directory}}/smtp_scache
+
+
+smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination
+myhostname = {fqdn}
+alias_maps = hash:/etc/aliases
+alias_database = hash:/etc/aliases
+myorigin = /etc/mailname
+mydestination = $myhostname, {fqdn}, localhost.localdomain, localhost
+relayhost =
+mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128
+mailbox_size_limit = 0
+recipient_delimiter = +
+inet_interfaces = all
+inet_protocols = all
+"""
+
+SASL_SMTPD_CONF = "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: ANONYMOUS PLAIN LOGIN\n"
+
+MESSY_TAIL = """\
+#   mynetworks below were added by three different admins over the years
+mynetworks   =    127.0.0.0/8
+   [::1]/128
+smtpd_helo_required=yes
+# later "temporary" change, never reverted:
+mynetworks =
+\t127.0.0.0/8,
+    # the partner range, ticket 4711
+\t192.0.2.0/24 ,
+    0.0.0.0/0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A starting state: `files` builds {path: text}; `vulnerable` says what a scan must find."""
+
+    name: str
+    description: str
+    findings: tuple[str, ...]
+    files: Callable[[str, str], dict[str, str]]
+    sudo_user: bool = False
+
+
+def _main(fqdn: str, extra: str = "", mynetworks: str | None = None) -> str:
+    text = DEBIAN_MAIN_CF.format(fqdn=fqdn)
+    if mynetworks is not None:
+        text = text.replace("mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+                            f"mynetworks = {mynetworks}")
+    return text + extra
+
+
+def _secure(fqdn: str, master: str) -> dict[str, str]:
+    return {"/etc/postfix/main.cf": _main(fqdn), "/etc/postfix/master.cf": master}
+
+
+def _open_relay(fqdn: str, master: str) -> dict[str, str]:
+    return {"/etc/postfix/main.cf": _main(fqdn, mynetworks="0.0.0.0/0"), "/etc/postfix/master.cf": master}
+
+
+def _anonymous_auth(fqdn: str, master: str) -> dict[str, str]:
+    extra = "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_security_options =\n"
+    return {"/etc/postfix/main.cf": _main(fqdn, extra), "/etc/postfix/master.cf": master,
+            "/etc/postfix/sasl/smtpd.conf": SASL_SMTPD_CONF}
+
+
+def _master_override(fqdn: str, master: str) -> dict[str, str]:
+    smtp_line = next(line for line in master.splitlines() if line.startswith("smtp ")
+                     and " inet " in line)
+    master = master.replace(smtp_line + "\n", smtp_line + "\n  -o mynetworks=0.0.0.0/0\n", 1)
+    return {"/etc/postfix/main.cf": _main(fqdn), "/etc/postfix/master.cf": master}
+
+
+def _access_map(fqdn: str, master: str) -> dict[str, str]:
+    text = _main(fqdn).replace(
+        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+        "smtpd_relay_restrictions = check_client_access cidr:/etc/postfix/client_access,\n"
+        "    permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination")
+    return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master,
+            "/etc/postfix/client_access": "# every client is OK: an open relay\n0.0.0.0/0 OK\n"}
+
+
+def _messy(fqdn: str, master: str) -> dict[str, str]:
+    text = _main(fqdn).replace("mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128\n", "")
+    text = text.replace("biff = no", "biff=no  ").replace("mailbox_size_limit = 0",
+                                                           "mailbox_size_limit\t=\t0")
+    return {"/etc/postfix/main.cf": text + MESSY_TAIL, "/etc/postfix/master.cf": master}
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("open-relay", "mynetworks = 0.0.0.0/0", ("open_relay",), _open_relay),
+    Scenario("anonymous-auth", "Cyrus SASL with ANONYMOUS and empty smtpd_sasl_security_options",
+             ("anonymous_auth",), _anonymous_auth),
+    Scenario("master-override", "main.cf safe; master.cf smtp service has -o mynetworks=0.0.0.0/0",
+             ("open_relay",), _master_override),
+    Scenario("access-map", "check_client_access cidr table answering OK for every client",
+             ("open_relay",), _access_map),
+    Scenario("secure", "Debian's defaults", (), _secure),
+    Scenario("messy", "continuation lines, comments, mynetworks set twice (last, open, wins)",
+             ("open_relay",), _messy),
+    Scenario("sudo-user", "as open-relay, reached as a non-root user with become",
+             ("open_relay",), _open_relay, sudo_user=True),
+)}
+
+
+def scenario_files(name: str, fqdn: str) -> dict[str, str]:
+    """The Postfix files of scenario `name` for a host called `fqdn`. KeyError if unknown."""
+    master = Path("/etc/postfix/master.cf").read_text()
+    return SCENARIOS[name].files(fqdn, master)
