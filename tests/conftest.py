@@ -1,0 +1,42 @@
+"""Shared fixtures. The lab fixture is the only way tests reach hosts: real sshd, real Postfix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_STATE = Path("/run/remediate-lab-test")
+LAB_SUBNET = "10.98.0.0/24"
+LAB_PREFIX = "rmtest"
+# one host per scenario, plus spare open-relay hosts for tests that break things on purpose
+LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map", "secure", "messy",
+                 "sudo-user", "open-relay", "open-relay"]
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """A lab of every scenario, started once per session and torn down even when tests fail."""
+    from remediate.lab import Lab
+
+    if os.geteuid() != 0:
+        pytest.fail("the integration tests need root: they build the lab (namespaces, mounts)")
+    stale = Lab(LAB_STATE)
+    stale.down()  # a previous session killed mid-way must not block this one
+    lab = Lab(LAB_STATE)
+    lab.up(len(LAB_SCENARIOS), LAB_SCENARIOS, subnet=LAB_SUBNET, prefix=LAB_PREFIX)
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def run_cli(*args: str, cwd: Path | None = None, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `remediate` command line in a subprocess (real exit codes, no terminal)."""
+    return subprocess.run([sys.executable, "-m", "remediate", *args], cwd=cwd or ROOT, input=input,
+                          capture_output=True, text=True, timeout=timeout)
