@@ -1,0 +1,465 @@
+"""The SMTP probe against a purpose-built hostile server, and the verdict rules."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hostile_smtp import (  # noqa: E402
+    AuthRequired,
+    Behaviour,
+    ConfigError451,
+    DebianDefer,
+    Drop421Once,
+    EximDefault,
+    Greylister,
+    HostileSmtp,
+    OpenRelay,
+    PostfixXclient,
+    serve_pair,
+)
+
+from remediate.probe import (  # noqa: E402
+    ProbeDropped,
+    ProbeProtocolError,
+    ProbeResult,
+    ProbeTimeout,
+    RelayAttempt,
+    Reply,
+    SmtpSession,
+    Status,
+    judge,
+    parse_ehlo,
+    probe,
+    relay_forms,
+    simulate,
+)
+
+FAST = 0.5  # seconds: the timeout used against servers that are meant to hang
+
+
+def run(behaviour: Behaviour, **kwargs: object) -> tuple[ProbeResult, HostileSmtp]:
+    kwargs.setdefault("timeout", 2.0)
+    with HostileSmtp(behaviour) as server:
+        result = probe(*server.address, **kwargs)  # type: ignore[arg-type]
+    return result, server
+
+
+def assert_never_queued(server_verbs: list[str]) -> None:
+    assert "DATA" not in server_verbs and "BDAT" not in server_verbs
+
+
+def reply(code: int, text: str = "x") -> Reply:
+    return Reply(code, (text,))
+
+
+def attempt(mail: int | None = 250, rcpt: int | None = 554, *, dropped: bool = False, form: int = 2,
+            rcpt_text: str = "x", to: str = "relaytest@relaytest.example.net") -> RelayAttempt:
+    return RelayAttempt("antispam@relaytest.example.net", to, None if mail is None else reply(mail),
+                        None if rcpt is None else reply(rcpt, rcpt_text), dropped, form)
+
+
+# --- replies and the session guards ------------------------------------------------------------------
+
+
+def test_reply_exposes_class_and_enhanced_code() -> None:
+    assert Reply(454, ("4.7.1 <a@b>: Relay access denied",)).enhanced == "4.7.1"
+    assert Reply(454, ("4.7.1 <a@b>: Relay access denied",)).klass == 4
+    assert Reply(550, ("relay not permitted",)).enhanced is None
+    assert Reply(250, ("4.7.1 mismatched class",)).enhanced is None
+    assert Reply(250, ("a", "b")).text == "a\nb"
+
+
+def test_session_refuses_data_bdat_and_line_breaks() -> None:
+    client, other = socket.socketpair()
+    with client, other:
+        session = SmtpSession(client, timeout=FAST)
+        for line in ("DATA", "data", "BDAT 10 LAST", "MAIL FROM:<a@b>\r\nDATA", ""):
+            with pytest.raises(ValueError):
+                session.command(line)
+        other.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            other.recv(1)  # nothing at all reached the wire
+
+
+def test_session_reads_multiline_replies_and_detects_eof_and_garbage() -> None:
+    client, other = socket.socketpair()
+    with client, other:
+        session = SmtpSession(client, timeout=FAST)
+        other.sendall(b"250-mx.example.org\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\nHTTP/1.1 400 Bad\r\n")
+        assert session.read_reply() == Reply(250, ("mx.example.org", "AUTH PLAIN", "8BITMIME"))
+        with pytest.raises(ProbeProtocolError):
+            session.read_reply()
+        other.close()
+        with pytest.raises(ProbeDropped):
+            session.read_reply()
+
+
+def test_a_trickling_server_cannot_stretch_a_read_past_the_timeout() -> None:
+    with HostileSmtp(Behaviour(trickle=0.05)) as server:  # ~2.5 s for the whole banner
+        session = SmtpSession(socket.create_connection(server.address), timeout=FAST)
+        started = time.monotonic()
+        with pytest.raises(ProbeTimeout):
+            session.read_reply()
+        assert time.monotonic() - started < FAST + 0.3
+        session.quit()
+
+
+def test_parse_ehlo_finds_mechanisms_plain_and_legacy_spelling() -> None:
+    caps = parse_ehlo(Reply(250, ("mx.example.org Hello", "AUTH plain LOGIN", "AUTH=LOGIN ANONYMOUS",
+                                  "STARTTLS", "XCLIENT NAME ADDR")))
+    assert caps.auth == ("PLAIN", "LOGIN", "ANONYMOUS")
+    assert caps.starttls and caps.xclient and caps.name == "mx.example.org"
+
+
+def test_relay_forms_match_nmap_and_drop_ip_forms_when_simulating() -> None:
+    forms = relay_forms("d.example", "mx.srv", "192.0.2.1")
+    assert [n for n, *_ in forms] == list(range(1, 17))
+    assert forms[0] == (1, "", "relaytest@d.example")
+    assert forms[9] == (10, "antispam@[192.0.2.1]", '"relaytest@d.example"@[192.0.2.1]')
+    assert forms[11] == (12, "antispam@[192.0.2.1]", "@[192.0.2.1]:relaytest@d.example")
+    assert forms[15] == (16, "antispam@[192.0.2.1]", "d.example!relaytest@mx.srv")
+    assert relay_forms("d.example", "mx", "2001:db8::1")[3][1] == "antispam@[IPv6:2001:db8::1]"
+    simulated = relay_forms("d.example", "mx.srv", None)
+    assert [n for n, *_ in simulated] == [1, 2, 3, 6, 7, 8, 11, 13, 14, 16]
+    assert all("[" not in mail + rcpt for _, mail, rcpt in simulated)
+
+
+def test_probe_rejects_names_that_could_inject_commands() -> None:
+    with pytest.raises(ValueError):
+        probe("127.0.0.1", 1, probe_domain="evil.example\r\nDATA")
+
+
+# --- probe against hostile servers -------------------------------------------------------------------
+
+
+def test_open_relay_is_vulnerable_on_all_16_forms_and_nothing_is_queued() -> None:
+    result, server = run(OpenRelay(), local_domain="example.org")
+    verdict = judge(result)
+    assert verdict.status == Status.VULNERABLE and verdict.findings == ("open_relay",)
+    assert len(result.relay_attempts) == 16 and all(a.accepted for a in result.relay_attempts)
+    assert "16 of 16" in verdict.reasons[0]
+    verbs = server.transcript.verbs()
+    assert_never_queued(verbs)
+    assert verbs.count("RSET") >= 17 and verbs[-1] == "QUIT"
+    assert result.source_address == "127.0.0.1"
+    assert server.transcript.matching("MAIL FROM:<antispam@[127.0.0.1]>")
+
+
+def test_debian_defer_is_inconclusive_unless_the_config_is_known_to_defer() -> None:
+    result, server = run(DebianDefer(), local_domain="example.org")
+    assert_never_queued(server.transcript.verbs())
+    assert judge(result).status == Status.INCONCLUSIVE
+    verdict = judge(result, defer_configured=True)
+    assert verdict.status == Status.SECURE and verdict.local_ok is True
+    assert any("defer_unauth_destination" in r for r in verdict.reasons)
+
+
+def test_554_refuser_is_secure_and_local_mail_still_flows() -> None:
+    result, server = run(Behaviour(), local_domain="example.org")
+    verdict = judge(result)
+    assert verdict.status == Status.SECURE, verdict.reasons
+    assert verdict.findings == () and verdict.local_ok is True
+    assert server.transcript.matching("RCPT TO:<postmaster@example.org>")
+    assert_never_queued(server.transcript.verbs())
+
+
+def test_local_refusal_is_never_secure_and_auth_all_policy_wants_it() -> None:
+    result, _ = run(Behaviour(local_domains=()), local_domain="example.org")
+    verdict = judge(result)
+    assert verdict.status == Status.INCONCLUSIVE and verdict.local_ok is False
+    assert "inbound mail for example.org is refused" in " ".join(verdict.reasons)
+    assert judge(result, expect_local="refuse").status == Status.SECURE
+    accepting, _ = run(Behaviour(), local_domain="example.org")
+    assert judge(accepting, expect_local="refuse").local_ok is False
+    assert judge(accepting, expect_local="refuse").status == Status.INCONCLUSIVE
+
+
+def test_auth_required_at_mail_counts_as_refused() -> None:
+    result, _ = run(AuthRequired())
+    assert judge(result).status == Status.SECURE
+
+
+def test_exim_drops_after_three_syntax_errors_and_the_probe_reconnects_through_all_forms() -> None:
+    result, server = run(EximDefault())
+    assert [a.form for a in result.relay_attempts] == list(range(1, 17))
+    assert not any(a.dropped for a in result.relay_attempts)
+    assert server.accepted >= 4 and result.reconnects >= 3 and result.errors == ()
+    assert server.transcript.matching("MAIL FROM:<antispam@mx.exim.test>")  # SRV from the banner
+    verdict = judge(result)
+    assert verdict.status == Status.SECURE, verdict.reasons
+    assert_never_queued(server.transcript.verbs())
+
+
+def test_421_mid_run_reconnects_and_retries_the_form() -> None:
+    result, server = run(Drop421Once())
+    assert len(result.relay_attempts) == 16 and server.accepted >= 2
+    assert not any(a.dropped for a in result.relay_attempts)
+    assert judge(result).status == Status.SECURE
+
+
+def test_greylisting_and_config_errors_are_inconclusive_never_secure() -> None:
+    for behaviour in (Greylister(), ConfigError451()):
+        result, _ = run(behaviour, local_domain="example.org")
+        verdict = judge(result, defer_configured=True)
+        assert verdict.status == Status.INCONCLUSIVE, verdict.reasons
+        assert any("proves nothing" in r for r in verdict.reasons)
+
+
+def test_anonymous_two_step_is_found_and_tried_in_a_fresh_session() -> None:
+    behaviour = Behaviour(auth=("PLAIN", "LOGIN", "ANONYMOUS"))
+    result, server = run(behaviour)
+    verdict = judge(result)
+    assert verdict.status == Status.VULNERABLE and verdict.findings == ("anonymous_auth",)
+    assert result.anonymous_attempt is not None and result.anonymous_attempt.code == 235
+    assert "accepted" in verdict.reasons[0]
+    assert behaviour.traces == ["probe@probe.remediate.example"]
+    assert "AUTH ANONYMOUS" in server.transcript.matching("AUTH")
+    assert result.anonymous_relay is not None and not result.anonymous_relay.accepted
+    assert_never_queued(server.transcript.verbs())
+
+
+def test_anonymous_advertised_but_refused_is_still_the_nessus_finding() -> None:
+    result, _ = run(Behaviour(auth=("ANONYMOUS",), anonymous_reply="535 5.7.8 Error: authentication failed"))
+    verdict = judge(result)
+    assert verdict.findings == ("anonymous_auth",) and "refused" in verdict.reasons[0]
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour(drop_after_banner=True), Behaviour(silent=True)],
+                         ids=["drops-after-banner", "never-answers"])
+def test_dead_servers_are_inconclusive(behaviour: Behaviour) -> None:
+    started = time.monotonic()
+    result, _ = run(behaviour, timeout=FAST, local_domain="example.org")
+    assert time.monotonic() - started < 4 * FAST + 1
+    verdict = judge(result)
+    assert verdict.status == Status.INCONCLUSIVE and result.errors
+    assert result.relay_attempts == ()
+
+
+def test_connection_refused_is_inconclusive() -> None:
+    port = socket.create_server(("127.0.0.1", 0))
+    address = port.getsockname()
+    port.close()
+    result = probe(*address, timeout=FAST)
+    verdict = judge(result)
+    assert verdict.status == Status.INCONCLUSIVE
+    assert any("cannot connect" in r for r in verdict.reasons)
+
+
+class AlwaysShuttingDown(Behaviour):
+    def mail(self, conv: object, address: str) -> str:
+        conv.closing = True  # type: ignore[attr-defined]
+        return "421 4.3.2 Service shutting down"
+
+
+def test_a_server_that_keeps_dropping_stops_the_run_with_an_error() -> None:
+    result, server = run(AlwaysShuttingDown(), local_domain="example.org")
+    assert len(result.relay_attempts) < 16 and all(a.dropped for a in result.relay_attempts)
+    assert server.accepted <= 4
+    assert any("giving up" in e for e in result.errors)
+    verdict = judge(result)
+    assert verdict.status == Status.INCONCLUSIVE and verdict.local_ok is False
+
+
+class ChannelLike:
+    """What a paramiko Channel offers: no getsockname/getpeername, and not a socket (so no TLS)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        return self.sock.recv(n)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_injected_streams_are_used_for_every_session(server_tls: ssl.SSLContext) -> None:
+    opened: list[tuple[str, int]] = []
+
+    def connect(address: str, port: int, timeout: float) -> ChannelLike:
+        opened.append((address, port))
+        return ChannelLike(socket.create_connection((address, port), timeout))
+
+    result, server = run(Behaviour(tls=server_tls), connect=connect, source_address="198.51.100.7")
+    assert len(opened) == server.accepted == 2  # relay session + STARTTLS session
+    assert result.source_address == "198.51.100.7"  # the stream cannot say, so the requested one
+    assert any("cannot carry TLS" in e for e in result.errors)
+    assert judge(result).status == Status.INCONCLUSIVE
+
+
+def test_multiline_banner_is_read_whole_and_srv_comes_from_its_first_line() -> None:
+    banner = ("220-mx.multi.test ESMTP ready", "220-no UCE", "220 really")
+    result, server = run(Behaviour(banner=banner))
+    assert result.banner == Reply(220, ("mx.multi.test ESMTP ready", "no UCE", "really"))
+    assert server.transcript.matching("MAIL FROM:<antispam@mx.multi.test>")
+    assert judge(result).status == Status.SECURE
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.hostile.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    directory = tmp_path_factory.mktemp("tls")
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+def test_anonymous_only_after_starttls_is_found(server_tls: ssl.SSLContext) -> None:
+    behaviour = Behaviour(auth=("PLAIN",), auth_tls=("PLAIN", "ANONYMOUS"), tls=server_tls)
+    result, server = run(behaviour)
+    assert result.tls_offered and result.ehlo_auth == ("PLAIN",)
+    assert result.tls_auth == ("PLAIN", "ANONYMOUS")
+    verdict = judge(result)
+    assert verdict.findings == ("anonymous_auth",) and "after STARTTLS" in verdict.reasons[0]
+    assert result.anonymous_attempt is not None and result.anonymous_attempt.code == 235
+    assert behaviour.traces == ["probe@probe.remediate.example"]
+    assert_never_queued(server.transcript.verbs())
+
+
+def test_starttls_without_anonymous_is_secure(server_tls: ssl.SSLContext) -> None:
+    result, _ = run(Behaviour(auth=("PLAIN",), tls=server_tls))
+    verdict = judge(result)
+    assert result.tls_auth == ("PLAIN",) and verdict.status == Status.SECURE, verdict.reasons
+    assert "or after STARTTLS" in " ".join(verdict.reasons)
+
+
+def test_tls_failure_is_inconclusive() -> None:
+    broken = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # no certificate: every handshake fails
+    result, _ = run(Behaviour(tls=broken))
+    assert result.tls_offered and result.tls_auth is None
+    assert judge(result).status == Status.INCONCLUSIVE
+
+
+# --- simulate over a pipe-like stream ----------------------------------------------------------------
+
+
+def test_simulate_poses_as_an_outside_client_via_xclient() -> None:
+    stream, transcript, thread = serve_pair(PostfixXclient(auth=("PLAIN", "ANONYMOUS")))
+    result = simulate(stream, local_domain="example.org", timeout=2.0)
+    thread.join(2)
+    assert transcript.matching("XCLIENT") == ["XCLIENT ADDR=203.0.113.9 NAME=[UNAVAILABLE]"]
+    verbs = transcript.verbs()
+    assert verbs.index("XCLIENT") < verbs.index("MAIL") < verbs.index("AUTH")  # relay tested before AUTH
+    assert_never_queued(verbs)
+    assert verbs[-1] == "QUIT" and verbs.count("EHLO") == 2
+    assert [a.form for a in result.relay_attempts] == [1, 2, 3, 6, 7, 8, 11, 13, 14, 16]
+    assert result.source_address == "203.0.113.9" and result.errors == ()
+    verdict = judge(result)
+    assert verdict.findings == ("anonymous_auth",) and verdict.local_ok is True
+
+
+def test_simulate_without_xclient_does_not_trust_the_localhost_relay() -> None:
+    refused = PostfixXclient(xclient_reply=lambda conv, arg: "550 5.7.0 Error: insufficient authorization")
+    for behaviour in (refused, Behaviour(relay=lambda conv, address: "250 2.1.5 Ok")):
+        stream, transcript, thread = serve_pair(behaviour)
+        result = simulate(stream, timeout=2.0)
+        thread.join(2)
+        assert result.relay_attempts == () and result.errors
+        assert judge(result).status == Status.INCONCLUSIVE
+        assert "MAIL" not in transcript.verbs()
+
+
+def test_simulate_drop_ends_with_an_error() -> None:
+    stream, _, thread = serve_pair(Behaviour(drop_after_banner=True))
+    result = simulate(stream, timeout=FAST)
+    thread.join(2)
+    assert result.errors and judge(result).status == Status.INCONCLUSIVE
+
+
+# --- verdict rules on constructed results ------------------------------------------------------------
+
+BANNER = Reply(220, ("mx.example.org ESMTP",))
+
+
+def test_trusted_source_is_always_inconclusive_about_relay() -> None:
+    # From inside mynetworks a refused relay proves nothing, and neither does an accepted one: the host
+    # relays for its trusted networks by design (a correctly fixed host would "fail" verification).
+    clean = ProbeResult("192.0.2.1", 25, BANNER, "10.0.0.5", relay_attempts=(attempt(),))
+    verdict = judge(clean, orchestrator_trusted=True)
+    assert verdict.status == Status.INCONCLUSIVE
+    assert any(r.startswith("probe source 10.0.0.5 is in the host's trusted networks; relay results from "
+                            "here prove nothing") for r in verdict.reasons)
+    relay = ProbeResult("192.0.2.1", 25, BANNER, "10.0.0.5", relay_attempts=(attempt(rcpt=250),))
+    judged = judge(relay, orchestrator_trusted=True)
+    assert judged.status == Status.INCONCLUSIVE and "open_relay" not in judged.findings
+
+
+def test_defer_counts_only_for_471_or_bare_454() -> None:
+    def status(rcpt: int, text: str) -> Status:
+        result = ProbeResult("h", 25, BANNER, relay_attempts=(attempt(rcpt=rcpt, rcpt_text=text),))
+        return judge(result, defer_configured=True).status
+    assert status(454, "4.7.1 <x>: Relay access denied") == Status.SECURE
+    assert status(454, "Relay access denied") == Status.SECURE
+    assert status(450, "4.7.1 <x>: Relay access denied") == Status.SECURE
+    assert status(454, "4.7.0 TLS not available") == Status.INCONCLUSIVE
+    assert status(451, "4.3.5 Server configuration error") == Status.INCONCLUSIVE
+
+
+def test_every_mail_refused_means_nothing_was_tested() -> None:
+    result = ProbeResult("h", 25, BANNER, relay_attempts=(attempt(mail=553, rcpt=None),))
+    assert judge(result).status == Status.INCONCLUSIVE
+
+
+def test_unknown_expect_local_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        judge(ProbeResult("h", 25), expect_local="maybe")
+
+
+codes = [220, 235, 250, 251, 334, 421, 450, 451, 454, 501, 530, 535, 550, 554]
+replies = st.builds(Reply, st.sampled_from(codes),
+                    st.sampled_from([("x",), ("4.7.1 x",), ("5.7.1 x",), ("4.3.5 x",)]))
+attempts = st.builds(RelayAttempt, st.just("a@b"), st.just("c@d"), st.none() | replies, st.none() | replies,
+                     st.booleans(), st.integers(1, 16))
+results = st.builds(ProbeResult, st.just("h"), st.just(25), st.none() | replies,
+                    st.none() | st.just("10.0.0.1"),
+                    st.sampled_from([(), ("PLAIN",), ("ANONYMOUS",)]), st.booleans(),
+                    st.none() | st.sampled_from([(), ("ANONYMOUS",)]), st.none() | replies,
+                    st.lists(attempts, max_size=4).map(tuple), st.none() | attempts,
+                    st.lists(st.just("boom"), max_size=1).map(tuple))
+
+
+@settings(max_examples=300, deadline=None)
+@given(results, st.booleans(), st.booleans(), st.sampled_from(["accept", "refuse"]))
+def test_secure_needs_clean_evidence(result: ProbeResult, defer: bool, trusted: bool, local: str) -> None:
+    verdict = judge(result, defer_configured=defer, orchestrator_trusted=trusted, expect_local=local)
+    if verdict.status == Status.SECURE:
+        assert result.banner is not None and not result.errors and not trusted
+        assert result.relay_attempts and not any(a.dropped for a in result.relay_attempts)
+        for a in result.relay_attempts:  # refused at MAIL, or refused (or deferred when allowed) at RCPT
+            assert a.mail_reply is not None
+            rcpt = a.rcpt_reply
+            assert a.mail_reply.klass == 5 or (rcpt is not None and (rcpt.klass == 5 or defer))
+        assert verdict.local_ok is not False
+    assert (verdict.status == Status.VULNERABLE) == bool(verdict.findings)
