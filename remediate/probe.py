@@ -374,6 +374,9 @@ def _open(connect: Connect, address: str, port: int, helo: str, timeout: float,
     return opened
 
 
+_ROTATE_AFTER = 6  # relay attempts per session
+
+
 class _Link:
     """The plaintext relay session, reopened after a drop; gives up after `_MAX_STRIKES` failures in a row."""
 
@@ -382,7 +385,7 @@ class _Link:
         self.session: SmtpSession | None = None
         self.first: _Opened | None = None
         self.errors: list[str] = []
-        self.strikes = self.opens = 0
+        self.strikes = self.opens = self.used = 0
 
     @property
     def alive(self) -> bool:
@@ -407,9 +410,12 @@ class _Link:
             attempt = _try_relay(session, form, mail_from, rcpt_to)
             if not attempt.dropped:
                 self.strikes = 0
+                self.used += 1
                 with contextlib.suppress(ProbeError):
                     session.rset()
-                if session.broken:  # e.g. Exim's farewell after 3 syntax errors; reopened when needed
+                # e.g. Exim's farewell after 3 syntax errors; reopened when needed. Sessions are also
+                # rotated before an MTA's error tarpit starts (Postfix sleeps 1 s per error past 10).
+                if session.broken or self.used % _ROTATE_AFTER == 0:
                     self.close()
                 return attempt
             self.close()

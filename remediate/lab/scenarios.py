@@ -38,8 +38,8 @@ compatibility_level = 3.6
 
 
 # TLS parameters
-smtpd_tls_cert_file=/etc/ssl/certs/remediate-lab.pem
-smtpd_tls_key_file=/etc/ssl/private/remediate-lab.key
+smtpd_tls_cert_file=/etc/ssl/remediate-lab/tls.pem
+smtpd_tls_key_file=/etc/ssl/remediate-lab/tls.key
 smtpd_tls_security_level=may
 
 smtp_tls_CApath=/etc/ssl/certs

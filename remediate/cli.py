@@ -1,0 +1,370 @@
+"""The command line: parsing, wiring, logging set-up and exit codes (0 ok, 1 attention, 2 bad input).
+
+Nothing imports this module; it imports everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from remediate import orchestrator, report
+from remediate.errors import ConfigError, LabError, RemediateError
+from remediate.inventory import load_inventory, select
+from remediate.journal import Journal, list_runs
+from remediate.playbook import playbook_for
+from remediate.results import OK_STATUSES, RunResult, Status, new_run_id
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Close open relays and anonymous SMTP AUTH on mail servers: scan, plan, apply, roll back.")
+lab_app = typer.Typer(no_args_is_help=True, help="A lab of real mail hosts (sshd + Postfix) in namespaces.")
+app.add_typer(lab_app, name="lab")
+out = Console()
+err = Console(stderr=True)
+
+Inventory = Annotated[Path, typer.Option("-i", "--inventory", help="inventory file")]
+Limit = Annotated[str | None, typer.Option("--limit", help="hosts, groups or globs, comma-separated")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="write a JSON report here")]
+Forks = Annotated[int, typer.Option("--forks", min=1, max=200, help="hosts worked in parallel")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show info-level logs on stderr")]
+Playbooks = Annotated[Path | None, typer.Option("--playbooks", help="playbook directory")]
+Backups = Annotated[Path, typer.Option("--backups", help="local backup store")]
+Runs = Annotated[Path, typer.Option("--runs", help="run journals and logs")]
+
+
+# ---------------------------------------------------------------------- logging
+def setup_logging(verbose: bool, logfile: Path | None) -> None:
+    """structlog once: console lines on a terminal, JSON lines otherwise; every event also to `logfile`."""
+    threshold = 20 if verbose else 30
+    levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "exception": 40}
+    fh = open(logfile, "a", buffering=1) if logfile else None  # noqa: SIM115 - lives for the run
+
+    def tee(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        if fh is not None:
+            fh.write(json.dumps(event, default=str) + "\n")
+        if levels.get(event.get("level", "info"), 20) < threshold:
+            raise structlog.DropEvent
+        return event
+
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=True) if sys.stderr.isatty()
+                     else structlog.processors.JSONRenderer())
+    structlog.configure(processors=[structlog.processors.add_log_level,
+                                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                                    structlog.processors.format_exc_info, tee, renderer],
+                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+                        cache_logger_on_first_use=False)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def load_hosts(inventory: Path, limit: str | None, playbooks: Path | None) -> list[Any]:
+    """Inventory, --limit and every host's playbook/policy, all validated before anything is contacted."""
+    inv = load_inventory(inventory)
+    hosts = list(select(inv, limit))
+    for host in hosts:
+        pb = playbook_for(host.mta, playbooks)
+        if host.policy not in pb.policies:
+            raise ConfigError(f"playbook {pb.path} has no policy {host.policy!r}", path=str(inventory),
+                              key=f"hosts.{host.name}.policy")
+    return hosts
+
+
+def execute(command: str, hosts: list[Any], work: Any, settings: orchestrator.Settings,
+            report_path: Path | None, ok: frozenset[Status] = OK_STATUSES, show_diffs: bool = False,
+            extra_outputs: tuple[Path, ...] = ()) -> RunResult:
+    """Work the fleet with progress on stderr, render, write reports; exit 1 unless every host is `ok`."""
+    run = RunResult(settings.run_id, command)
+    with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task(command, total=len(hosts))
+        run.hosts = orchestrator.run_fleet(hosts, work, settings.forks, settings.stop,
+                                           on_done=lambda _: progress.advance(task))
+    run.finished = time.time()
+    report.render(run, out, show_diffs=show_diffs, ok=ok)
+    for path in (report_path, *extra_outputs):
+        if path:
+            report.write_json(run, path)
+    if not all(h.status in ok for h in run.hosts):
+        raise typer.Exit(1)
+    return run
+
+
+def settings_for(run_id: str, forks: int, playbooks: Path | None, backups: Path, runs: Path,
+                 break_lock: bool = False) -> orchestrator.Settings:
+    return orchestrator.Settings(run_id=run_id, backups=backups, runs=runs, playbooks=playbooks, forks=forks,
+                                 break_lock=break_lock)
+
+
+def _begin(verbose: bool, runs: Path, run_id: str, with_log: bool = True) -> None:
+    logfile = None
+    if with_log:
+        (runs / run_id).mkdir(parents=True, exist_ok=True)
+        logfile = runs / run_id / "log.jsonl"
+    setup_logging(verbose, logfile)
+
+
+# ---------------------------------------------------------------------- commands
+@app.command()
+def scan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, report_file: ReportOpt = None,
+         forks: Forks = 10, playbooks: Playbooks = None, verbose: Verbose = False) -> None:
+    """Probe every host from here and explain findings from its configuration. Changes nothing."""
+    run_id = new_run_id()
+    setup_logging(verbose, None)
+    hosts = _load_or_exit(inventory, limit, playbooks)
+    st = settings_for(run_id, forks, playbooks, Path("backups"), Path("runs"))
+    execute("scan", hosts, lambda h: orchestrator.scan_host(h, st), st, report_file,
+            ok=frozenset({Status.SECURE}))
+
+
+@app.command()
+def plan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
+         output: Annotated[Path | None, typer.Option("-o", "--output", help="write the plan (JSON) here")] = None,
+         report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None,
+         verbose: Verbose = False) -> None:
+    """Dry run for approval: diff and simulated SMTP verdict per host. Changes nothing on any host."""
+    run_id = new_run_id()
+    setup_logging(verbose, None)
+    hosts = _load_or_exit(inventory, limit, playbooks)
+    st = settings_for(run_id, forks, playbooks, Path("backups"), Path("runs"))
+    execute("plan", hosts, lambda h: orchestrator.plan_host(h, st), st, report_file, show_diffs=True,
+            ok=frozenset({Status.WOULD_CHANGE, Status.COMPLIANT}), extra_outputs=(output,) if output else ())
+
+
+@app.command()
+def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, yes: Yes = False,
+          report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None,
+          backups: Backups = Path("backups"), runs: Runs = Path("runs"),
+          break_lock: Annotated[bool, typer.Option("--break-lock", help="break a stale lock of a dead run")]
+          = False, verbose: Verbose = False) -> None:
+    """Back up, edit, validate, reload and verify each host; roll back any host that fails."""
+    run_id = new_run_id()
+    setup_logging(verbose, None)
+    hosts = _load_or_exit(inventory, limit, playbooks)
+    interrupted = [r for r in list_runs(runs) if r.interrupted]
+    if interrupted:
+        raise fail(f"run {interrupted[-1].run_id} was interrupted (see `remediate status`); roll it back with "
+                   f"`remediate rollback --run {interrupted[-1].run_id}` or finish it with "
+                   f"`remediate resume {interrupted[-1].run_id}` before a new apply")
+    st = settings_for(run_id, forks, playbooks, backups, runs, break_lock)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail("apply changes hosts: run it on a terminal to confirm, or pass --yes")
+        _show_plan(hosts, st)
+        if not typer.confirm(f"Apply these changes to {len(hosts)} host(s)?"):
+            raise typer.Exit(1)
+    _begin(verbose, runs, run_id)
+    journal = Journal(runs, run_id)
+    journal.start("apply", str(inventory), [h.name for h in hosts])
+    _trap_signals(st)
+    try:
+        execute("apply", hosts, lambda h: orchestrator.apply_host(h, st, journal), st, report_file,
+                ok=frozenset({Status.CHANGED, Status.UNCHANGED}))
+    finally:
+        journal.finish()
+
+
+@app.command()
+def rollback(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
+             run: Annotated[str | None, typer.Option("--run", help="run id to undo (default: the latest)")] = None,
+             latest: Annotated[bool, typer.Option("--latest", help="undo the latest run (the default)")] = False,
+             yes: Yes = False, report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None,
+             backups: Backups = Path("backups"), runs: Runs = Path("runs"),
+             break_lock: Annotated[bool, typer.Option("--break-lock")] = False, verbose: Verbose = False) -> None:
+    """Restore the backup of a run (latest by default), validate, reload, and check the MTA answers."""
+    if run and latest:
+        raise fail("--run and --latest exclude each other")
+    if run is not None and not _valid_run_id(run):
+        raise fail(f"--run {run!r} is not a run id (like 20261128T204700Z-3f9a)")
+    run_id = new_run_id()
+    setup_logging(verbose, None)
+    hosts = _load_or_exit(inventory, limit, playbooks)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail("rollback changes hosts: run it on a terminal to confirm, or pass --yes")
+        if not typer.confirm(f"Restore run {run or 'latest'} on {len(hosts)} host(s)?"):
+            raise typer.Exit(1)
+    _begin(verbose, runs, run_id)
+    st = settings_for(run_id, forks, playbooks, backups, runs, break_lock)
+    journal = Journal(runs, run_id)
+    journal.start("rollback", str(inventory), [h.name for h in hosts])
+    _trap_signals(st)
+    try:
+        execute("rollback", hosts, lambda h: orchestrator.rollback_host(h, st, run, journal), st, report_file,
+                ok=frozenset({Status.RESTORED, Status.SKIPPED}))
+    finally:
+        journal.finish()
+        if run:
+            from remediate.journal import mark_settled
+            target = [r for r in list_runs(runs) if r.run_id == run and r.interrupted]
+            if target:
+                mark_settled(runs, run, f"rolled back by {run_id}")
+
+
+@app.command()
+def status(runs: Runs = Path("runs")) -> None:
+    """Runs recorded in the journal, and each host's last phase (interrupted runs first)."""
+    states = list_runs(runs)
+    if not states:
+        out.print("no runs recorded")
+        return
+    for state in sorted(states, key=lambda s: (not s.interrupted, s.run_id)):
+        label = "INTERRUPTED" if state.interrupted else ("running" if state.live else "finished")
+        out.print(f"[bold]{state.run_id}[/] {state.command} {label}")
+        for host, phase in state.phases.items():
+            out.print(f"  {host}: {phase}")
+
+
+def _show_plan(hosts: list[Any], st: orchestrator.Settings) -> None:
+    run = RunResult(st.run_id, "plan")
+    run.hosts = orchestrator.run_fleet(hosts, lambda h: orchestrator.plan_host(h, st), st.forks, st.stop)
+    report.render(run, out, show_diffs=True)
+
+
+def _trap_signals(st: orchestrator.Settings) -> None:
+    def handler(signum: int, _: Any) -> None:
+        if not st.stop.is_set():
+            err.print(f"[bold yellow]{signal.Signals(signum).name}[/]: finishing hosts in flight "
+                      "(each completes or rolls back); no new host starts")
+        st.stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _valid_run_id(run: str) -> bool:
+    import re
+
+    return re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", run) is not None
+
+
+def _load_or_exit(inventory: Path, limit: str | None, playbooks: Path | None) -> list[Any]:
+    try:
+        return load_hosts(inventory, limit, playbooks)
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------- lab
+LabState = Annotated[Path, typer.Option("--state-dir", help="the lab's state folder")]
+
+
+def _lab(state_dir: Path) -> Any:
+    from remediate.lab import Lab
+
+    return Lab(state_dir)
+
+
+@lab_app.command("up")
+def lab_up(hosts: Annotated[int | None, typer.Option("--hosts", help="number of hosts (default 3)")] = None,
+           scenario: Annotated[list[str] | None, typer.Option("--scenario", help="scenario per host, cycled; "
+                                                                "repeat or comma-separate; 'all' = every one")]
+           = None,
+           inventory_out: Annotated[Path | None, typer.Option("--inventory-out", help="also write the "
+                                                                "inventory here")] = None,
+           subnet: Annotated[str, typer.Option("--subnet")] = "10.99.0.0/24",
+           state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Start lab hosts and write an inventory for them."""
+    from remediate.lab import SCENARIOS
+
+    names = [s for item in (scenario or []) for s in item.split(",") if s]
+    if names == ["all"]:
+        names = list(SCENARIOS)
+    count = hosts or (len(names) if names else 3)
+    lab = _lab(state_dir)
+    started = time.monotonic()
+    try:
+        lab.up(count, names or None, subnet=subnet)
+        if inventory_out:
+            lab.write_inventory(inventory_out)
+    except LabError as exc:
+        raise fail(str(exc), 2 if "root" in str(exc) or "missing" in str(exc) else 1) from exc
+    _lab_table(lab)
+    out.print(f"lab up: {count} host(s) in {time.monotonic() - started:.1f}s; inventory: "
+              f"{inventory_out or lab.inventory_path}")
+
+
+@lab_app.command("down")
+def lab_down(state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Stop every lab process, delete its namespaces, links and state folder (safe to repeat)."""
+    _lab(state_dir).down()
+    out.print("lab down")
+
+
+@lab_app.command("status")
+def lab_status(state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Hosts, addresses, scenarios, and whether sshd and the MTA answer."""
+    lab = _lab(state_dir)
+    if not lab.hosts:
+        out.print("no lab is up")
+        return
+    _lab_table(lab)
+
+
+def _lab_table(lab: Any) -> None:
+    from rich.table import Table
+
+    table = Table("host", "address", "scenario", "user", "sshd", "mta")
+    for row in lab.status():
+        table.add_row(str(row["name"]), str(row["address"]), str(row["scenario"]), str(row["user"]),
+                      "up" if row["sshd"] else "[red]down[/]", "up" if row["mta"] else "[red]down[/]")
+    out.print(table)
+
+
+def _lab_op(state_dir: Path, fn: str, *args: str) -> None:
+    try:
+        getattr(_lab(state_dir), fn)(*args)
+    except LabError as exc:
+        raise fail(str(exc), 1) from exc
+
+
+@lab_app.command("cut")
+def lab_cut(host: str, state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Cut a host's network link."""
+    _lab_op(state_dir, "cut", host)
+
+
+@lab_app.command("restore")
+def lab_restore(host: str, state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Restore a host's network link."""
+    _lab_op(state_dir, "restore", host)
+
+
+@lab_app.command("stop")
+def lab_stop(host: str, service: Annotated[str, typer.Argument(help="sshd or mta")],
+             state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Stop a host's sshd or MTA."""
+    _lab_op(state_dir, "service", host, service, "stop")
+
+
+@lab_app.command("start")
+def lab_start(host: str, service: Annotated[str, typer.Argument(help="sshd or mta")],
+              state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Start a host's sshd or MTA."""
+    _lab_op(state_dir, "service", host, service, "start")
+
+
+@lab_app.command("reset")
+def lab_reset(host: str, state_dir: LabState = Path("/run/remediate-lab")) -> None:
+    """Rebuild a host from scratch in its scenario."""
+    _lab_op(state_dir, "reset", host)
+
+
+def main() -> None:
+    try:
+        app()
+    except RemediateError as exc:  # anything not mapped closer to its cause
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)

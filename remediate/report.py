@@ -1,0 +1,57 @@
+"""Rendering results: the terminal table and recap, plan diffs, and the JSON report file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from remediate.results import OK_STATUSES, HostResult, RunResult, Status
+
+STYLE = {Status.SECURE: "green", Status.COMPLIANT: "green", Status.UNCHANGED: "green",
+         Status.CHANGED: "yellow", Status.WOULD_CHANGE: "yellow", Status.RESTORED: "yellow",
+         Status.VULNERABLE: "bold red", Status.FAILED: "bold red", Status.ROLLED_BACK: "bold magenta",
+         Status.UNREACHABLE: "red", Status.INCONCLUSIVE: "magenta", Status.SKIPPED: "dim"}
+
+
+def _findings(h: HostResult) -> str:
+    codes = sorted({f.code for f in (h.findings_after if h.status in (Status.CHANGED, Status.RESTORED)
+                                     else h.findings_before)})
+    return ", ".join(codes) or "-"
+
+
+def render(run: RunResult, console: Console, *, show_diffs: bool = False,
+           ok: frozenset[Status] = OK_STATUSES) -> None:
+    """Per-host table, optional diffs and simulations (plan), and an Ansible-style recap line."""
+    if show_diffs:
+        for h in run.hosts:
+            if h.diff:
+                console.rule(f"[bold]{h.name}[/] ({h.address})")
+                console.print(Syntax(h.diff, "diff", theme="ansi_dark", background_color="default"))
+            if h.simulation:
+                console.print(f"[bold]{h.name}[/] simulated SMTP session against the candidate: {h.simulation}")
+    table = Table(title=f"remediate {run.command}  run {run.run_id}", title_justify="left")
+    for col in ("host", "address", "status", "findings", "changed", "details"):
+        table.add_column(col, overflow="fold")
+    for h in run.hosts:
+        detail = h.error or "; ".join(h.notes) or "; ".join(f.detail for f in h.findings_before[:2])
+        table.add_row(h.name, h.address, f"[{STYLE[h.status]}]{h.status.value}[/]", _findings(h),
+                      "yes" if h.changed else "no", detail[:300])
+    console.print(table)
+    counts = Counter(h.status.value for h in run.hosts)
+    recap = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    verdict = "ok" if all(h.status in ok for h in run.hosts) else "attention needed"
+    console.print(f"RECAP {run.command}: {len(run.hosts)} host(s)  {recap}  ({verdict})")
+
+
+def write_json(run: RunResult, path: str | Path) -> None:
+    """Write the report atomically; it never holds secrets (results carry none)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(run.as_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
