@@ -36,16 +36,18 @@ class FileRecord:
     owner: str
     group: str
     mtime: int
+    mtime_ns: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "size": self.size, "mode": f"{self.mode:04o}",
                 "uid": self.uid, "gid": self.gid, "owner": self.owner, "group": self.group,
-                "mtime": self.mtime}
+                "mtime": self.mtime, "mtime_ns": self.mtime_ns}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileRecord:
         return cls(d["path"], d["sha256"], int(d["size"]), int(str(d["mode"]), 8), int(d["uid"]),
-                   int(d["gid"]), d.get("owner", ""), d.get("group", ""), int(d["mtime"]))
+                   int(d["gid"]), d.get("owner", ""), d.get("group", ""), int(d["mtime"]),
+                   int(d.get("mtime_ns", int(d["mtime"]) * 10**9)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class BackupStore:
         """Back up `files` ({path: (content, stat)}): local copy first (fsynced), then on the host,
         then re-read the host copy's checksums. Raises BackupError if either copy cannot be made."""
         records = tuple(FileRecord(path, sha256(data), len(data), st.mode, st.uid, st.gid, st.owner,
-                                   st.group, st.mtime) for path, (data, st) in files.items())
+                                   st.group, st.mtime, st.mtime_ns) for path, (data, st) in files.items())
         manifest = Manifest(run_id, conn.name, conn.host.address, conn.peer_fingerprint, __version__,
                             playbook, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), records)
         local = self.local_dir(conn.name, run_id)

@@ -276,15 +276,22 @@ def _pid_alive(pid: Any) -> bool:
 
 # ---------------------------------------------------------------------- restore
 def restore_files(conn: Connection, records: dict[FileRecord, bytes]) -> list[str]:
-    """Write each backed-up file back atomically with its mode, owner and mtime; return paths written.
+    """Write each backed-up file back atomically with its mode, owner and mtime; return paths restored.
 
-    Files whose current content already matches are left alone (their mtime included)."""
+    A file whose bytes already match gets only its metadata back; one that matches entirely is left alone."""
     written = []
     for rec, data in records.items():
         current = conn.read_file(rec.path) if conn.exists(rec.path) else None
         if current is not None and sha256(current) == rec.sha256:
-            continue
-        conn.write_atomic(rec.path, data, mode=rec.mode, uid=rec.uid, gid=rec.gid)
-        conn.run(["touch", "-m", "-d", f"@{rec.mtime}", "--", rec.path])
+            st = conn.stat(rec.path)
+            if (st.mode, st.uid, st.gid, st.mtime_ns or st.mtime * 10**9) == \
+                    (rec.mode, rec.uid, rec.gid, rec.mtime_ns or rec.mtime * 10**9):
+                continue
+            conn.run(["chown", f"{rec.uid}:{rec.gid}", "--", rec.path])  # same bytes, other metadata
+            conn.run(["chmod", f"{rec.mode:o}", "--", rec.path])
+        else:
+            conn.write_atomic(rec.path, data, mode=rec.mode, uid=rec.uid, gid=rec.gid)
+        sec, ns = divmod(rec.mtime_ns or rec.mtime * 10**9, 10**9)
+        conn.run(["touch", "-m", "-d", f"@{sec}.{ns:09d}", "--", rec.path])
         written.append(rec.path)
     return written

@@ -58,6 +58,7 @@ class FileStat:
     mtime: int
     owner: str = ""
     group: str = ""
+    mtime_ns: int = 0
 
 
 class _Transient(Exception):
@@ -228,8 +229,10 @@ class Connection:
         return self.run(["test", "-e", path], check=False).rc == 0
 
     def stat(self, path: str) -> FileStat:
-        out = self.run(["stat", "-c", "%a %u %g %s %Y %U %G", "--", path]).out.split()
-        return FileStat(int(out[0], 8), int(out[1]), int(out[2]), int(out[3]), int(out[4]), out[5], out[6])
+        out = self.run(["stat", "-c", "%a %u %g %s %.9Y %U %G", "--", path]).out.split()
+        sec, _, frac = out[4].partition(".")
+        return FileStat(int(out[0], 8), int(out[1]), int(out[2]), int(out[3]), int(sec), out[5], out[6],
+                        int(sec) * 10**9 + int((frac or "0").ljust(9, "0")[:9]))
 
     def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int) -> None:
         """Replace `path` with `data`: temp file in the same directory, fsync, chmod/chown, rename."""

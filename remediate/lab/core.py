@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -80,6 +81,7 @@ class Lab:
         self.subnet = ipaddress.ip_network("10.99.0.0/24")
         self.hosts: list[LabHost] = []
         self.bridge_created = False
+        self._save_lock = threading.Lock()
         if self.state_file.exists():
             self._load()
 
@@ -111,6 +113,10 @@ class Lab:
         self.hosts = [LabHost(**h) for h in data["hosts"]]
 
     def _save(self) -> None:
+        with self._save_lock:
+            self._save_unlocked()
+
+    def _save_unlocked(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         data = {"prefix": self.prefix, "subnet": str(self.subnet), "bridge_created": self.bridge_created,
                 "hosts": [asdict(h) for h in self.hosts]}

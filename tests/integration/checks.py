@@ -1,0 +1,70 @@
+"""Outside checks the integration tests share: real SMTP clients, nmap, and file snapshots of a host."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import smtplib
+import ssl
+import subprocess
+from pathlib import Path
+
+FOREIGN = "relaytest@example.net"
+
+
+def rcpt(address: str, recipient: str) -> int:
+    """RCPT TO `recipient` from this machine (the orchestrator's address); RSET, never DATA."""
+    with smtplib.SMTP(address, 25, timeout=10) as smtp:
+        smtp.ehlo("probe.test.example")
+        smtp.mail("antispam@example.org")
+        code, _ = smtp.rcpt(recipient)
+        smtp.rset()
+        return code
+
+
+def nmap_open_relay(address: str) -> bool:
+    """nmap's smtp-open-relay verdict for address:25."""
+    out = subprocess.run(["nmap", "-Pn", "-p25", "--script", "smtp-open-relay", address],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "smtp-open-relay" in out, out
+    return "Server is an open relay" in out
+
+
+def anonymous_advertised(address: str) -> bool:
+    """ANONYMOUS in the EHLO AUTH list, in plaintext or after STARTTLS (what Nessus 54581 reads)."""
+    seen = False
+    for tls in (False, True):
+        with smtplib.SMTP(address, 25, timeout=10) as smtp:
+            smtp.ehlo("probe.test.example")
+            if tls:
+                if not smtp.has_extn("starttls"):
+                    continue
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                smtp.starttls(context=ctx)
+                smtp.ehlo("probe.test.example")
+            seen |= "ANONYMOUS" in smtp.esmtp_features.get("auth", "").upper().split()
+    return seen
+
+
+def auth_anonymous_accepted(address: str) -> bool:
+    with smtplib.SMTP(address, 25, timeout=10) as smtp:
+        smtp.ehlo("probe.test.example")
+        if smtp.docmd("AUTH", "ANONYMOUS")[0] != 334:
+            return False
+        return smtp.docmd(base64.b64encode(b"probe@test.example").decode())[0] == 235
+
+
+def snapshot(root: Path, directory: str = "etc/postfix") -> dict[str, tuple[str, int, int, int, int]]:
+    """{relative path: (sha256, mtime_ns, mode, uid, gid)} of every file under root/directory."""
+    out = {}
+    for path in sorted((root / directory).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            st = path.stat()
+            out[str(path.relative_to(root))] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mtime_ns,
+                                                st.st_mode, st.st_uid, st.st_gid)
+    return out
+
+
+def master_pid(root: Path) -> str:
+    return (root / "var/spool/postfix/pid/master.pid").read_text().strip()

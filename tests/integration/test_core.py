@@ -1,0 +1,191 @@
+"""The product on the lab, checked from outside: scan → plan → apply → apply again → rollback, and faults.
+
+Runs the real `remediate` command line against real sshd and Postfix hosts; verdicts are cross-checked
+with nmap's smtp-open-relay and a hand-made AUTH ANONYMOUS attempt, and files are compared byte for byte
+through each host's own root (not over the tool's SSH).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from remediate.lab import SCENARIOS
+from tests.conftest import run_cli
+from tests.integration.checks import (
+    FOREIGN,
+    anonymous_advertised,
+    auth_anonymous_accepted,
+    master_pid,
+    nmap_open_relay,
+    rcpt,
+    snapshot,
+)
+
+MAIN = ["mx1", "mx2", "mx3", "mx4", "mx5", "mx6", "mx7"]   # one host per scenario
+LIMIT = ",".join(MAIN)
+
+
+@pytest.fixture(scope="module")
+def work(lab, tmp_path_factory):
+    """Every host fresh in its scenario; a working folder for the tool's backups/, runs/ and reports."""
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lab.reset, [h.name for h in lab.hosts]))
+    return tmp_path_factory.mktemp("core")
+
+
+@pytest.fixture(scope="module")
+def original(lab, work):
+    """The hosts' /etc/postfix before anything ran, by host name."""
+    return {h.name: snapshot(lab.path(h.name, "/")) for h in lab.hosts}
+
+
+def cli(lab, work, *args):
+    return run_cli(*args, "-i", str(lab.inventory_path), cwd=work)
+
+
+def report(work, name):
+    return {h["name"]: h for h in json.loads((work / name).read_text())["hosts"]}
+
+
+def test_scan_flags_exactly_the_vulnerable_hosts_and_agrees_with_nmap(lab, work, original):
+    proc = cli(lab, work, "scan", "--limit", LIMIT, "--report", "scan.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    hosts = report(work, "scan.json")
+    for h in lab.hosts[:7]:
+        expected = set(SCENARIOS[h.scenario].findings)
+        got = hosts[h.name]
+        assert got["status"] == ("vulnerable" if expected else "secure"), (h.scenario, got)
+        probe_codes = {f["code"] for f in got["findings_before"] if f["source"] == "probe"}
+        assert probe_codes == expected, (h.scenario, got["findings_before"])
+        assert nmap_open_relay(h.address) == ("open_relay" in probe_codes), h.scenario
+        assert auth_anonymous_accepted(h.address) == ("anonymous_auth" in probe_codes), h.scenario
+        if expected:  # each finding is explained by the parameter that causes it
+            assert any(f["source"] == "config" for f in got["findings_before"]), got
+
+
+def test_plan_changes_nothing_and_shows_diffs_and_simulated_verdicts(lab, work, original):
+    pids = {n: master_pid(lab.path(n, "/")) for n in MAIN}
+    proc = cli(lab, work, "plan", "--limit", LIMIT, "-o", "plan.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for n in MAIN:
+        assert snapshot(lab.path(n, "/")) == original[n], f"plan touched {n}"
+        assert master_pid(lab.path(n, "/")) == pids[n]
+        assert not list(lab.path(n, "/tmp").glob("remediate-*")), "plan left temporary files"
+    plan = report(work, "plan.json")
+    for h in lab.hosts[:7]:
+        vulnerable = bool(SCENARIOS[h.scenario].findings)
+        assert plan[h.name]["status"] == ("would_change" if vulnerable else "compliant"), plan[h.name]
+        assert bool(plan[h.name]["diff"]) == vulnerable
+        assert plan[h.name]["simulation"].startswith("verdict secure")
+    diff = plan["mx1"]["diff"]
+    assert "-mynetworks = 0.0.0.0/0" in diff and "+mynetworks = 127.0.0.0/8 [::1]/128" in diff
+    assert "smtpd_authentication_required" not in proc.stdout and "my_network " not in proc.stdout
+
+
+def test_apply_secures_every_vulnerable_host_and_keeps_inbound_mail(lab, work, original):
+    proc = cli(lab, work, "apply", "--yes", "--limit", LIMIT, "--report", "apply.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    applied = report(work, "apply.json")
+    for h in lab.hosts[:7]:
+        vulnerable = bool(SCENARIOS[h.scenario].findings)
+        assert applied[h.name]["status"] == ("changed" if vulnerable else "unchanged"), applied[h.name]
+        assert not nmap_open_relay(h.address), h.scenario
+        assert not anonymous_advertised(h.address), h.scenario
+        assert rcpt(h.address, FOREIGN) in (454, 554)
+        assert rcpt(h.address, f"postmaster@{h.fqdn}") == 250, f"{h.scenario}: inbound mail broken"
+    secure = next(h for h in lab.hosts if h.scenario == "secure")
+    assert snapshot(lab.path(secure.name, "/")) == original[secure.name], "the secure host was touched"
+    run_id = applied["mx1"]["backup_id"]
+    local = work / "backups" / "mx1" / run_id
+    manifest = json.loads((local / "manifest.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["/etc/postfix/main.cf"]
+    on_host = lab.path("mx1", f"/var/backups/remediate/{run_id}")
+    assert (on_host / "files/etc/postfix/main.cf").stat().st_mode & 0o777 == 0o600
+    assert on_host.stat().st_mode & 0o777 == 0o700
+    assert not lab.path("mx1", "/var/lib/remediate/lock.json").exists(), "lock not released"
+
+
+def test_second_apply_reports_every_host_unchanged_and_touches_nothing(lab, work, original):
+    before = {n: snapshot(lab.path(n, "/")) for n in MAIN}
+    proc = cli(lab, work, "apply", "--yes", "--limit", LIMIT, "--report", "apply2.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {h["status"] for h in report(work, "apply2.json").values()} == {"unchanged"}
+    assert {n: snapshot(lab.path(n, "/")) for n in MAIN} == before
+
+
+def test_rollback_restores_every_changed_host_byte_identical(lab, work, original):
+    proc = cli(lab, work, "rollback", "--yes", "--limit", LIMIT, "--report", "rollback.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rolled = report(work, "rollback.json")
+    for h in lab.hosts[:7]:
+        vulnerable = bool(SCENARIOS[h.scenario].findings)
+        assert rolled[h.name]["status"] == ("restored" if vulnerable else "skipped"), rolled[h.name]
+        assert snapshot(lab.path(h.name, "/")) == original[h.name], f"{h.name} not byte-identical"
+    assert nmap_open_relay(lab.host("mx1").address), "rollback returns to the old (open) state"
+
+
+def _wrap_postfix(lab, host: str, on_reload: str) -> None:
+    """Replace the host's `postfix` command with one that runs `on_reload` for `postfix reload`."""
+    lab.exec(host, ["mv", "/usr/sbin/postfix", "/usr/sbin/postfix.real"], check=True)
+    script = ("#!/bin/sh\nif [ \"$1\" = reload ]; then\n" + on_reload + "\nfi\n"
+              "exec /usr/sbin/postfix.real \"$@\"\n")
+    lab.exec(host, ["sh", "-c", "cat > /usr/sbin/postfix && chmod 755 /usr/sbin/postfix"], input=script,
+             check=True)
+
+
+@pytest.mark.parametrize(("host", "sabotage"), [
+    ("mx8", "echo 'postfix: fatal: reload refused (injected)' >&2; exit 1"),
+    # reload "works" but something else re-opens the relay: verification from outside must catch it
+    ("mx9", "/usr/sbin/postconf -e 'mynetworks = 0.0.0.0/0'"),
+])
+def test_a_failed_reload_or_verification_rolls_back_byte_identical(lab, work, original, host, sabotage):
+    _wrap_postfix(lab, host, sabotage)
+    try:
+        before = snapshot(lab.path(host, "/"))
+        proc = cli(lab, work, "apply", "--yes", "--limit", host, "--report", f"fault-{host}.json")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        result = report(work, f"fault-{host}.json")[host]
+        assert result["status"] == "rolled_back", result
+        assert result["error"]
+        assert snapshot(lab.path(host, "/")) == before, "files not restored byte-identical"
+        assert rcpt(lab.host(host).address, f"postmaster@{lab.host(host).fqdn}") == 250, "Postfix not answering"
+        journal = (work / "runs" / result["backup_id"] / "journal.jsonl").read_text()
+        assert '"phase": "rolled_back"' in journal
+    finally:
+        lab.reset(host)
+
+
+def test_bad_inventory_exits_2_naming_file_line_and_key_and_contacts_nobody(lab, tmp_path):
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text(lab.inventory_path.read_text().replace("  mta: postfix", "  mta: postfix\n  becom: true"))
+    line = bad.read_text().splitlines().index("  becom: true") + 1
+    proc = run_cli("apply", "--yes", "-i", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{bad}:{line}" in proc.stderr and "becom" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "backups").exists()
+    proc = run_cli("scan", "-i", str(lab.inventory_path), "--limit", "mx1,nosuchhost", cwd=tmp_path)
+    assert proc.returncode == 2 and "nosuchhost" in proc.stderr
+
+
+def test_apply_without_a_terminal_needs_yes(lab, work):
+    before = snapshot(lab.path("mx1", "/"))
+    proc = cli(lab, work, "apply", "--limit", "mx1")
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+    assert snapshot(lab.path("mx1", "/")) == before
+
+
+def test_unknown_host_key_is_refused_and_nothing_changes(lab, work, tmp_path):
+    inv = tmp_path / "inventory.yaml"
+    (tmp_path / "empty_known_hosts").write_text("")
+    inv.write_text(lab.inventory_path.read_text().replace(str(lab.known_hosts),
+                                                          str(tmp_path / "empty_known_hosts")))
+    before = snapshot(lab.path("mx1", "/"))
+    proc = run_cli("apply", "--yes", "-i", str(inv), "--limit", "mx1", "--report", "r.json", cwd=tmp_path)
+    assert proc.returncode == 1
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    assert result["status"] == "unreachable" and "host key" in result["error"]
+    assert snapshot(lab.path("mx1", "/")) == before
