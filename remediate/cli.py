@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,7 +50,7 @@ def setup_logging(verbose: bool, logfile: Path | None) -> None:
     levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "exception": 40}
     fh = open(logfile, "a", buffering=1) if logfile else None  # noqa: SIM115 - lives for the run
 
-    def tee(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def tee(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if fh is not None:
             fh.write(json.dumps(event, default=str) + "\n")
         if levels.get(event.get("level", "info"), 20) < threshold:

@@ -185,7 +185,7 @@ def validate_candidate(conn: Connection, playbook: Playbook, facts: Facts, cand:
                 raise ValidationError(f"{host.name}: the candidate makes `{argv[0]}` warn: "
                                       + " | ".join(sorted(added))[:600])
         if playbook.simulate is None:
-            return Simulation(smtp_probe.Verdict("secure", (), ("no simulation defined",), None), "")
+            return Simulation(smtp_probe.Verdict(smtp_probe.Status.SECURE, (), ("no simulation defined",), None), "")
         return simulate(conn, playbook, tmp, host, policy)
     finally:
         conn.run(["rm", "-rf", "--", tmp], check=False)

@@ -81,7 +81,9 @@ def scan_host(host: Any, settings: Settings) -> HostResult:
     """Probe from outside; where SSH works, read the effective config to explain each finding."""
     playbook = _playbook(host, settings)
     policy = playbook.policies[host.policy]
-    facts, notes, explained = None, [], ()
+    facts: engine.Facts | None = None
+    notes: list[str] = []
+    explained: tuple[Finding, ...] = ()
     try:
         with Connection(host) as conn:
             facts = engine.gather(conn, playbook)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     # scan
     SECURE = "secure"
     VULNERABLE = "vulnerable"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import shlex
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,8 +261,9 @@ def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
-            raise socket.timeout(f"no exit after {timeout:.0f}s")
-        select.select([chan], [], [], 0.2)
+            raise TimeoutError(f"no exit after {timeout:.0f}s")
+        # wakes at once on data; an exit status alone does not wake select, so poll it briefly
+        select.select([chan], [], [], 0.005)
     while chan.recv_ready():
         out += chan.recv(65536)
     while chan.recv_stderr_ready():

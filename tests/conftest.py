@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The suite shares 2 cores with real sshd/Postfix hosts: judge properties, not per-example timing.
+settings.register_profile("remediate", deadline=None)
+settings.load_profile("remediate")
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_STATE = Path("/run/remediate-lab-test")

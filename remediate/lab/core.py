@@ -9,6 +9,7 @@ names, falling back to the lab's own name prefix when the record itself was lost
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -155,6 +156,7 @@ class Lab:
         self.prefix, self.subnet = prefix, ipaddress.ip_network(subnet)
         if count < 1 or count > min(200, self.subnet.num_addresses - 12):
             raise LabError(f"--hosts must be between 1 and {min(200, self.subnet.num_addresses - 12)}")
+        assert isinstance(self.subnet, ipaddress.IPv4Network), "the lab is IPv4 only"
         net.check_subnet_free(self.subnet, self.bridge)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._save()
@@ -225,6 +227,8 @@ class Lab:
             "/etc/ssh/sshd_config": (SSHD_CONFIG.format(address=h.address), 0o644, 0),
             "/etc/ssh/ssh_host_ed25519_key": (keyfile.read_text(), 0o600, 0),
             "/etc/ssh/ssh_host_ed25519_key.pub": (keyfile.with_suffix(".pub").read_text(), 0o644, 0),
+            # Debian's stock root .bashrc (the machine's may load slow tool managers on every command)
+            "/root/.bashrc": ("# ~/.bashrc: executed by bash(1) for non-login shells.\n", 0o644, 0),
             "/root/.ssh/authorized_keys": (pub, 0o600, 0),
             f"/home/{OPS_USER}/.ssh/authorized_keys": (pub, 0o600, OPS_UID),
             "/etc/ssl/remediate-lab/tls.pem": ((self.state_dir / "tls.pem").read_text(), 0o644, 0),
@@ -408,10 +412,8 @@ def _is_ours(pid: int, h: LabHost) -> bool:
 def _wait_gone(pid: int | None, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while pid and _alive(pid) and time.monotonic() < deadline:
-        try:  # reap if it is our own child
+        with contextlib.suppress(ChildProcessError):  # reap if it is our own child
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.02)
 
 

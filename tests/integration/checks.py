@@ -22,12 +22,18 @@ def rcpt(address: str, recipient: str) -> int:
         return code
 
 
-def nmap_open_relay(address: str) -> bool:
-    """nmap's smtp-open-relay verdict for address:25."""
-    out = subprocess.run(["nmap", "-Pn", "-p25", "--script", "smtp-open-relay", address],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert "smtp-open-relay" in out, out
-    return "Server is an open relay" in out
+def nmap_open_relay(*addresses: str) -> dict[str, bool]:
+    """nmap's smtp-open-relay verdict for each address:25, in one nmap run (hosts scanned in parallel;
+    a refusing Postfix tarpits nmap's 16 tests for ~18 s, so one run for all is much faster)."""
+    out = subprocess.run(["nmap", "-Pn", "-p25", "--script", "smtp-open-relay", *addresses],
+                         capture_output=True, text=True, timeout=300).stdout
+    verdicts: dict[str, bool] = {}
+    for block in out.split("Nmap scan report for ")[1:]:
+        address = block.split()[0]
+        assert "smtp-open-relay" in block, block
+        verdicts[address] = "Server is an open relay" in block
+    assert set(verdicts) == set(addresses), out
+    return verdicts
 
 
 def anonymous_advertised(address: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -16,8 +15,7 @@ import pytest
 
 from remediate.lab import Lab
 from tests.conftest import LAB_PREFIX
-
-FOREIGN = "relaytest@example.net"
+from tests.integration.checks import FOREIGN, auth_anonymous_accepted, nmap_open_relay, rcpt
 
 
 def host_named(lab: Lab, scenario: str):
@@ -25,13 +23,7 @@ def host_named(lab: Lab, scenario: str):
 
 
 def rcpt_foreign(address: str) -> int:
-    """RCPT TO a foreign domain from this machine (the orchestrator's address); never DATA."""
-    with smtplib.SMTP(address, 25, timeout=10) as smtp:
-        smtp.ehlo("probe.test.example")
-        smtp.mail("antispam@example.org")
-        code, _ = smtp.rcpt(FOREIGN)
-        smtp.rset()
-        return code
+    return rcpt(address, FOREIGN)
 
 
 @pytest.mark.parametrize("scenario", ["open-relay", "master-override", "access-map", "messy", "sudo-user"])
@@ -42,29 +34,17 @@ def test_open_relay_scenarios_accept_foreign_rcpt_from_the_orchestrator(lab, sce
 def test_secure_host_refuses_relay_and_accepts_its_own_postmaster(lab):
     host = host_named(lab, "secure")
     assert rcpt_foreign(host.address) in (454, 554)
-    with smtplib.SMTP(host.address, 25, timeout=10) as smtp:
-        smtp.ehlo("probe.test.example")
-        smtp.mail("antispam@example.org")
-        assert smtp.rcpt(f"postmaster@{host.fqdn}")[0] == 250
+    assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250
 
 
 def test_anonymous_auth_host_answers_235_to_two_step_auth_anonymous(lab):
-    host = host_named(lab, "anonymous-auth")
-    with smtplib.SMTP(host.address, 25, timeout=10) as smtp:
-        smtp.ehlo("probe.test.example")
-        assert "ANONYMOUS" in smtp.esmtp_features["auth"].upper().split()
-        assert smtp.docmd("AUTH", "ANONYMOUS")[0] == 334
-        assert smtp.docmd(base64.b64encode(b"probe@test.example").decode())[0] == 235
+    assert auth_anonymous_accepted(host_named(lab, "anonymous-auth").address)
+    assert not auth_anonymous_accepted(host_named(lab, "secure").address)
 
 
 def test_nmap_agrees_on_open_relay_and_secure(lab):
-    def verdict(address: str) -> str:
-        out = subprocess.run(["nmap", "-Pn", "-p25", "--script", "smtp-open-relay", address],
-                             capture_output=True, text=True, timeout=60).stdout
-        return out
-
-    assert "Server is an open relay" in verdict(host_named(lab, "open-relay").address)
-    assert "Server is an open relay" not in verdict(host_named(lab, "secure").address)
+    relay, secure = host_named(lab, "open-relay").address, host_named(lab, "secure").address
+    assert nmap_open_relay(relay, secure) == {relay: True, secure: False}
 
 
 def test_ssh_with_the_lab_key_and_known_hosts_and_sudo_for_the_ops_user(lab):
