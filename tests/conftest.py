@@ -15,9 +15,10 @@ settings.register_profile("remediate", deadline=None)
 settings.load_profile("remediate")
 
 ROOT = Path(__file__).resolve().parent.parent
-LAB_STATE = Path("/run/remediate-lab-test")
-LAB_SUBNET = "10.98.0.0/24"
-LAB_PREFIX = "rmtest"
+# Overridable so two test runs on one machine can each have their own lab.
+LAB_STATE = Path(os.environ.get("REMEDIATE_TEST_LAB_STATE", "/run/remediate-lab-test"))
+LAB_SUBNET = os.environ.get("REMEDIATE_TEST_LAB_SUBNET", "10.98.0.0/24")
+LAB_PREFIX = os.environ.get("REMEDIATE_TEST_LAB_PREFIX", "rmtest")
 # one host per scenario, plus spare open-relay hosts for tests that break things on purpose
 LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map", "secure", "messy",
                  "sudo-user", "open-relay", "open-relay"]

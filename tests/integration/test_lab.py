@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from remediate.lab import Lab
-from tests.conftest import LAB_PREFIX
+from tests.conftest import LAB_PREFIX, LAB_SUBNET
 from tests.integration.checks import FOREIGN, auth_anonymous_accepted, nmap_open_relay, rcpt
 
 
@@ -71,7 +71,7 @@ def test_hosts_have_private_filesystems_and_hostnames(lab):
 def test_hosts_have_no_route_off_the_lab(lab):
     routes = lab.exec(lab.hosts[0].name, ["ip", "-4", "route"], check=True).stdout
     assert "default" not in routes
-    assert routes.strip().splitlines() == [line for line in routes.strip().splitlines() if "10.98.0.0/24" in line]
+    assert routes.strip().splitlines() == [line for line in routes.strip().splitlines() if LAB_SUBNET in line]
 
 
 def test_cut_and_restore_link(lab):
