@@ -232,20 +232,22 @@ def describe(result: smtp_probe.ProbeResult, verdict: smtp_probe.Verdict) -> str
 
 # ---------------------------------------------------------------------- lock
 def acquire_lock(conn: Connection, run_id: str, *, break_lock: bool = False, max_age: float = 3600,
-                 log: Any = None) -> None:
-    """Take the host's lock atomically (O_EXCL). LockError names the holder when it is taken."""
+                 adopt: frozenset[str] = frozenset(), log: Any = None) -> None:
+    """Take the host's lock atomically (O_EXCL). LockError names the holder when it is taken.
+
+    A lock left by a dead run in `adopt` (the interrupted run being rolled back or resumed) is taken
+    over; any other dead run's lock only with `break_lock` once older than `max_age`."""
     me = {"run_id": run_id, "orchestrator": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
     if conn.create_exclusive(LOCK_PATH, json.dumps(me).encode()):
         return
-    try:
-        held = json.loads(conn.read_file(LOCK_PATH))
-    except (ValueError, CommandError):
-        held = {}
+    held = _held_lock(conn)
     age = time.time() - float(held.get("time", 0))
     live = held.get("orchestrator") == socket.gethostname() and _pid_alive(held.get("pid"))
-    if break_lock and age > max_age and not live:
+    adoptable = held.get("run_id") in adopt and not live
+    if adoptable or (break_lock and age > max_age and not live):
         if log is not None:
-            log.warning("lock_broken", held_by=held.get("run_id"), age_s=int(age))
+            log.warning("lock_adopted" if adoptable else "lock_broken", held_by=held.get("run_id"),
+                        age_s=int(age))
         conn.run(["rm", "-f", "--", LOCK_PATH])
         if conn.create_exclusive(LOCK_PATH, json.dumps(me).encode()):
             return
@@ -254,14 +256,32 @@ def acquire_lock(conn: Connection, run_id: str, *, break_lock: bool = False, max
                     f"is dead and the lock is older than {int(max_age)}s, use --break-lock")
 
 
-def release_lock(conn: Connection, run_id: str) -> None:
-    """Remove the lock if (and only if) it is ours."""
+def _held_lock(conn: Connection) -> dict[str, Any]:
     try:
         held = json.loads(conn.read_file(LOCK_PATH))
     except (ValueError, CommandError):
-        return
-    if held.get("run_id") == run_id:
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def release_lock(conn: Connection, run_id: str) -> None:
+    """Remove the lock if (and only if) it is ours."""
+    if conn.exists(LOCK_PATH) and _held_lock(conn).get("run_id") == run_id:
         conn.run(["rm", "-f", "--", LOCK_PATH], check=False)
+
+
+def clear_dead_lock(conn: Connection, run_id: str, log: Any = None) -> bool:
+    """Remove a lock that the (dead) run `run_id` left behind; True if there was one."""
+    if not conn.exists(LOCK_PATH):
+        return False
+    held = _held_lock(conn)
+    live = held.get("orchestrator") == socket.gethostname() and _pid_alive(held.get("pid"))
+    if held.get("run_id") != run_id or live:
+        return False
+    conn.run(["rm", "-f", "--", LOCK_PATH])
+    if log is not None:
+        log.warning("dead_lock_cleared", held_by=run_id)
+    return True
 
 
 def _pid_alive(pid: Any) -> bool:

@@ -66,6 +66,7 @@ class Host:
     mail_domain: str | None = None
     probe_port: int = 25
     connect_timeout: float = 10.0
+    command_timeout: float = 120.0
     groups: tuple[str, ...] = ()
 
 
@@ -245,6 +246,7 @@ _VALIDATORS: dict[str, Callable[[Any, _Spot], Any]] = {
     "mail_domain": _optional(_domain),
     "probe_port": _integer(1, 65535),
     "connect_timeout": _timeout,
+    "command_timeout": _timeout,
 }
 HOST_KEYS = tuple(_VALIDATORS)
 DEFAULT_KEYS = tuple(key for key in HOST_KEYS if key != "address")

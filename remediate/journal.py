@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -50,6 +51,7 @@ class Journal:
     def record(self, host: str, phase: str, **detail: Any) -> None:
         assert phase in PHASES, phase
         self._append({"event": "phase", "host": host, "phase": phase, **detail})
+        _injected_fault(host, phase)
 
     def finish(self) -> None:
         self._append({"event": "run_finished"})
@@ -86,6 +88,24 @@ class RunState:
         """Not finished and its orchestrator is gone, with a host past its lock and not settled."""
         unsettled = any(p not in ("done", "started") for p in self.phases.values())
         return not self.finished and not self.live and unsettled
+
+
+def _injected_fault(host: str, phase: str) -> None:
+    """Fault injection for the crash-safety tests, off unless REMEDIATE_FAULT is set.
+
+    `REMEDIATE_FAULT=[HOST/]PHASE:kill` SIGKILLs this process right after PHASE is durably recorded;
+    `...:wait=PATH` blocks there until PATH exists (so a test can cut a link at an exact point)."""
+    spec = os.environ.get("REMEDIATE_FAULT")
+    if not spec:
+        return
+    where, _, action = spec.partition(":")
+    if where not in (phase, f"{host}/{phase}"):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("wait="):
+        while not os.path.exists(action[5:]):
+            time.sleep(0.05)
 
 
 def read_journal(path: Path | str) -> RunState:

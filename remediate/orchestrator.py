@@ -270,18 +270,25 @@ def rollback_host(host: Any, settings: Settings, run_id: str | None, journal: Jo
                 manifest = store(settings).manifest(conn, target)
             except BackupError as exc:
                 if run_id is not None and "no backup of run" in str(exc):
+                    cleared = engine.clear_dead_lock(conn, target, hlog)
                     return replace(base, status=Status.SKIPPED, backup_id=target,
-                                   notes=(f"run {target} did not change this host",))
+                                   notes=(f"run {target} did not change this host"
+                                          + ("; removed the lock it left behind" if cleared else ""),))
                 raise
-            records = {rec: store(settings).content(conn, manifest, rec) for rec in manifest.files}
-            engine.acquire_lock(conn, settings.run_id, break_lock=settings.break_lock, log=hlog)
+            warnings: list[str] = []
+            records = {rec: store(settings).content(conn, manifest, rec, warnings) for rec in manifest.files}
+            for warning in warnings:
+                hlog.warning("backup_copy_refused", detail=warning)
+            base = replace(base, notes=tuple(warnings))
+            engine.acquire_lock(conn, settings.run_id, break_lock=settings.break_lock,
+                                adopt=frozenset({target}), log=hlog)
             try:
                 journal.record(host.name, "locked", restoring=target)
                 written = engine.restore_files(conn, records)
                 if not written:
                     journal.record(host.name, "done")
                     return replace(base, status=Status.SKIPPED, backup_id=target,
-                                   notes=(f"files already identical to the backup of run {target}",))
+                                   notes=base.notes + (f"files already identical to the backup of run {target}",))
                 journal.record(host.name, "written", files=written)
                 conn.run(list(playbook.check_live))
                 conn.run(list(playbook.reload))
@@ -295,7 +302,7 @@ def rollback_host(host: Any, settings: Settings, run_id: str | None, journal: Jo
                 hlog.info("restored", run=target, files=written)
                 return replace(base, status=Status.RESTORED, changed=True, backup_id=target,
                                findings_after=engine.verdict_findings(verdict),
-                               notes=tuple([f"restored {', '.join(written)} from run {target}"]
+                               notes=base.notes + tuple([f"restored {', '.join(written)} from run {target}"]
                                            + (["the host is vulnerable again, as it was before that run"]
                                               if verdict.status == "vulnerable" else [])))
             finally:
@@ -305,3 +312,62 @@ def rollback_host(host: Any, settings: Settings, run_id: str | None, journal: Jo
         except RemediateError as exc:
             hlog.error("rollback_failed", error=str(exc))
             return replace(base, error=str(exc))
+
+
+# ---------------------------------------------------------------------- resume
+def resume_host(host: Any, settings: Settings, run_id: str, phase: str | None, journal: Journal) -> HostResult:
+    """Finish or roll back one host of the interrupted run `run_id` from its last recorded phase.
+
+    Nothing written yet (started/locked/failed): release the dead run's lock, done. Otherwise the
+    candidate is recomputed from the backed-up originals: if every file already holds it, the run is
+    finished (check, reload, verify from outside); if not (a write was cut short), the host is restored."""
+    hlog = log.bind(run_id=run_id, host=host.name, resume=True)
+    base = HostResult(host.name, host.address, Status.FAILED, backup_id=run_id)
+    if phase in (None, "done"):
+        return replace(base, status=Status.SKIPPED, notes=(f"nothing to resume (last phase: {phase or 'none'})",))
+    playbook = _playbook(host, settings)
+    policy = playbook.policies[host.policy]
+    try:
+        conn = Connection(host)
+        conn.connect()
+    except TransportError as exc:
+        return replace(base, status=Status.UNREACHABLE, error=str(exc))
+    with conn:
+        try:
+            engine.acquire_lock(conn, run_id, adopt=frozenset({run_id}), log=hlog)
+        except RemediateError as exc:
+            return replace(base, error=str(exc))
+        try:
+            if phase in ("started", "locked", "failed"):
+                journal.record(host.name, "done", resumed_from=phase)
+                return replace(base, status=Status.UNCHANGED, backup_id=None,
+                               notes=(f"interrupted at {phase}: nothing had been written",))
+            manifest = store(settings).manifest(conn, run_id)
+            originals = {rec.path: store(settings).content(conn, manifest, rec) for rec in manifest.files}
+            raw, stats = {}, {}
+            for name, path in playbook.files.items():
+                raw[name] = originals[path] if path in originals else conn.read_file(path)
+                stats[name] = conn.stat(path)
+            cand = engine.candidate(engine.Facts(raw, stats, {}), playbook, policy, host)
+            base = replace(base, diff=cand.diff or None)
+            if any(conn.read_file(playbook.files[n]) != cand.data(n) for n in playbook.files):
+                return _roll_back(conn, host, settings, journal, playbook, policy, manifest, base,
+                                  f"interrupted at {phase} before every file was written", hlog)
+            try:
+                conn.run(list(playbook.check_live))
+                conn.run(list(playbook.reload))
+                journal.record(host.name, "reloaded", resumed_from=phase)
+                facts = engine.gather(conn, playbook)
+                verdict = engine.probe_until(host, facts, policy.expect_local)
+                if verdict.status != "secure":
+                    raise ValidationError("verification probe after reload: " + "; ".join(verdict.reasons))
+            except RemediateError as exc:
+                return _roll_back(conn, host, settings, journal, playbook, policy, manifest, base, str(exc), hlog)
+            journal.record(host.name, "verified")
+            journal.record(host.name, "done")
+            return replace(base, status=Status.CHANGED, changed=True,
+                           notes=(f"finished from phase {phase}",), findings_after=engine.verdict_findings(verdict))
+        except RemediateError as exc:
+            return replace(base, error=str(exc))
+        finally:
+            engine.release_lock(conn, run_id)

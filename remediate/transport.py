@@ -189,13 +189,16 @@ class Connection:
         return cmd
 
     def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
-            timeout: float = 120.0, privileged: bool = True) -> Result:
-        """Run argv on the host (through sudo when `become`). CommandError when check and rc != 0."""
+            timeout: float | None = None, privileged: bool = True) -> Result:
+        """Run argv on the host (through sudo when `become`). CommandError when check and rc != 0;
+        TransportError when the connection drops or the command outlives `timeout` (default: the
+        host's command_timeout)."""
+        timeout = timeout or self.host.command_timeout
         self.connect()
         assert self._client is not None
         cmd = self.command_line(argv, privileged=privileged)
         try:
-            chan = self._client.get_transport().open_session()  # type: ignore[union-attr]
+            chan = self._client.get_transport().open_session(timeout=timeout)  # type: ignore[union-attr]
             chan.settimeout(timeout)
             chan.exec_command(cmd)
             if input is not None:
@@ -205,7 +208,8 @@ class Connection:
             rc = chan.recv_exit_status()
             chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise TransportError(f"{self.name}: connection lost while running `{cmd}`: {exc}") from exc
+            raise TransportError(f"{self.name}: connection lost or timed out while running `{cmd}`: "
+                                 f"{exc or type(exc).__name__}") from exc
         result = Result(cmd, rc, out, err)
         if check and rc != 0:
             raise CommandError(self.name, cmd, rc, result.err)
@@ -215,7 +219,7 @@ class Connection:
         """Start argv with its stdin/stdout as an interactive byte stream (e.g. `smtpd -S`)."""
         self.connect()
         assert self._client is not None
-        chan = self._client.get_transport().open_session()  # type: ignore[union-attr]
+        chan = self._client.get_transport().open_session(timeout=timeout)  # type: ignore[union-attr]
         chan.settimeout(timeout)
         chan.exec_command(self.command_line(argv))
         return chan

@@ -41,8 +41,8 @@ def lab():
         lab.down()
 
 
-def run_cli(*args: str, cwd: Path | None = None, input: str | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real `remediate` command line in a subprocess (real exit codes, no terminal)."""
     return subprocess.run([sys.executable, "-m", "remediate", *args], cwd=cwd or ROOT, input=input,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
