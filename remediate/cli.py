@@ -326,6 +326,8 @@ def _journal_word(state: RunState | None, host: str) -> str:
     phase = state.phases.get(host, "not journalled")
     if state.interrupted:
         return f"interrupted (last phase {phase})"
+    if phase == "done" and state.outcomes.get(host) not in (None, "verified", "restored"):
+        phase = f"done ({state.outcomes[host]})"   # e.g. done (rolled_back)
     return f"running ({phase})" if state.live else phase
 
 

@@ -68,6 +68,7 @@ class RunState:
     started: float = 0.0
     finished: bool = False
     phases: dict[str, str] = field(default_factory=dict)     # host -> last phase
+    outcomes: dict[str, str] = field(default_factory=dict)   # host -> last phase before `done`
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -122,6 +123,8 @@ def read_journal(path: Path | str) -> RunState:
             state.pid, state.started = rec.get("pid"), rec.get("ts", 0.0)
         elif rec.get("event") == "phase":
             state.phases[rec["host"]] = rec["phase"]
+            if rec["phase"] != "done":
+                state.outcomes[rec["host"]] = rec["phase"]
             state.details.setdefault(rec["host"], {}).update(
                 {k: v for k, v in rec.items() if k not in ("event", "host", "ts")})
         elif rec.get("event") == "run_finished":

@@ -76,6 +76,17 @@ def _playbook(host: Any, settings: Settings) -> Playbook:
     return playbook_for(host.mta, settings.playbooks)
 
 
+def _connect(host: Any) -> Connection | HostResult:
+    """A connected Connection, or the `unreachable` result that says why."""
+    conn = Connection(host)
+    try:
+        conn.connect()
+    except TransportError as exc:
+        log.warning("unreachable", host=host.name, error=str(exc))
+        return HostResult(host.name, host.address, Status.UNREACHABLE, error=str(exc))
+    return conn
+
+
 # ---------------------------------------------------------------------- scan
 def scan_host(host: Any, settings: Settings) -> HostResult:
     """Probe from outside; where SSH works, read the effective config to explain each finding."""
@@ -138,12 +149,9 @@ def apply_host(host: Any, settings: Settings, journal: Journal) -> HostResult:
     playbook = _playbook(host, settings)
     policy = playbook.policies[host.policy]
     base = HostResult(host.name, host.address, Status.FAILED)
-    try:
-        conn = Connection(host)
-        conn.connect()
-    except TransportError as exc:
-        hlog.warning("unreachable", error=str(exc))
-        return replace(base, status=Status.UNREACHABLE, error=str(exc))
+    conn = _connect(host)
+    if isinstance(conn, HostResult):
+        return conn
     with conn:
         try:
             facts = engine.gather(conn, playbook)
@@ -256,11 +264,9 @@ def rollback_host(host: Any, settings: Settings, run_id: str | None, journal: Jo
     playbook = _playbook(host, settings)
     policy = playbook.policies[host.policy]
     base = HostResult(host.name, host.address, Status.FAILED)
-    try:
-        conn = Connection(host)
-        conn.connect()
-    except TransportError as exc:
-        return replace(base, status=Status.UNREACHABLE, error=str(exc))
+    conn = _connect(host)
+    if isinstance(conn, HostResult):
+        return conn
     with conn:
         try:
             target = run_id or latest_run_for(conn, settings)
@@ -327,11 +333,9 @@ def resume_host(host: Any, settings: Settings, run_id: str, phase: str | None, j
         return replace(base, status=Status.SKIPPED, notes=(f"nothing to resume (last phase: {phase or 'none'})",))
     playbook = _playbook(host, settings)
     policy = playbook.policies[host.policy]
-    try:
-        conn = Connection(host)
-        conn.connect()
-    except TransportError as exc:
-        return replace(base, status=Status.UNREACHABLE, error=str(exc))
+    conn = _connect(host)
+    if isinstance(conn, HostResult):
+        return conn
     with conn:
         try:
             engine.acquire_lock(conn, run_id, adopt=frozenset({run_id}), log=hlog)
