@@ -141,9 +141,12 @@ class Lab:
 
         Refuses to start over an existing lab. On any failure everything created so far is torn down.
         """
-        if os.geteuid() != 0:
-            raise LabError("the lab needs root (it creates network namespaces and mounts); run it as root")
         missing = missing_requirements()
+        also = (f"; it also needs these packages: {', '.join(missing)} (`sudo scripts/setup-system.sh` "
+                "installs them)") if missing else ""
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (it creates network namespaces and mounts); run it as root"
+                           + also)
         if missing:
             raise LabError("missing system packages: " + ", ".join(missing)
                            + "; run `sudo scripts/setup-system.sh` to install them")
