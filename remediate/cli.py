@@ -126,12 +126,13 @@ def _begin(verbose: bool, runs: Path, run_id: str, with_log: bool = True) -> Non
 # ---------------------------------------------------------------------- commands
 @app.command()
 def scan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, report_file: ReportOpt = None,
-         forks: Forks = 10, playbooks: Playbooks = None, verbose: Verbose = False) -> None:
+         forks: Forks = 10, playbooks: Playbooks = None, runs: Runs = Path("runs"), verbose: Verbose = False) -> None:
     """Probe every host from here and explain findings from its configuration. Changes nothing."""
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = _load_or_exit(inventory, limit, playbooks)
-    st = settings_for(run_id, forks, playbooks, Path("backups"), Path("runs"))
+    _begin(verbose, runs, run_id)
+    st = settings_for(run_id, forks, playbooks, Path("backups"), runs)
     execute("scan", hosts, lambda h: orchestrator.scan_host(h, st), st, report_file,
             ok=frozenset({Status.SECURE}))
 
@@ -139,13 +140,14 @@ def scan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, rep
 @app.command()
 def plan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
          output: Annotated[Path | None, typer.Option("-o", "--output", help="write the plan (JSON) here")] = None,
-         report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None,
+         report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None, runs: Runs = Path("runs"),
          verbose: Verbose = False) -> None:
     """Dry run for approval: diff and simulated SMTP verdict per host. Changes nothing on any host."""
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = _load_or_exit(inventory, limit, playbooks)
-    st = settings_for(run_id, forks, playbooks, Path("backups"), Path("runs"))
+    _begin(verbose, runs, run_id)
+    st = settings_for(run_id, forks, playbooks, Path("backups"), runs)
     execute("plan", hosts, lambda h: orchestrator.plan_host(h, st), st, report_file, show_diffs=True,
             ok=frozenset({Status.WOULD_CHANGE, Status.COMPLIANT}), extra_outputs=(output,) if output else ())
 
@@ -155,21 +157,31 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
           report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None,
           backups: Backups = Path("backups"), runs: Runs = Path("runs"),
           break_lock: Annotated[bool, typer.Option("--break-lock", help="break a stale lock of a dead run")]
-          = False, verbose: Verbose = False) -> None:
+          = False,
+          plan_file: Annotated[Path | None, typer.Option("--plan", help="apply exactly this approved plan "
+                                                          "(from `plan -o`); refused per host if stale")] = None,
+          verbose: Verbose = False) -> None:
     """Back up, edit, validate, reload and verify each host; roll back any host that fails."""
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = _load_or_exit(inventory, limit, playbooks)
+    planned = _load_plan(plan_file) if plan_file else None
+    if planned is not None:
+        hosts = [h for h in hosts if h.name in planned]
+        if not hosts:
+            raise fail(f"{plan_file}: none of the selected hosts is in this plan")
     interrupted = [r for r in list_runs(runs) if r.interrupted]
     if interrupted:
         raise fail(f"run {interrupted[-1].run_id} was interrupted (see `remediate status`); roll it back with "
                    f"`remediate rollback --run {interrupted[-1].run_id}` or finish it with "
                    f"`remediate resume {interrupted[-1].run_id}` before a new apply")
     st = settings_for(run_id, forks, playbooks, backups, runs, break_lock)
+    st.planned = planned
     if not yes:
         if not sys.stdin.isatty():
             raise fail("apply changes hosts: run it on a terminal to confirm, or pass --yes")
-        _show_plan(hosts, st)
+        if planned is None:
+            _show_plan(hosts, st)
         if not typer.confirm(f"Apply these changes to {len(hosts)} host(s)?"):
             raise typer.Exit(1)
     _begin(verbose, runs, run_id)
@@ -269,6 +281,18 @@ def _show_plan(hosts: list[Any], st: orchestrator.Settings) -> None:
     run = RunResult(st.run_id, "plan")
     run.hosts = orchestrator.run_fleet(hosts, lambda h: orchestrator.plan_host(h, st), st.forks, st.stop)
     report.render(run, out, show_diffs=True)
+
+
+def _load_plan(path: Path) -> dict[str, dict[str, Any]]:
+    """The approved plan's hosts by name; exit 2 when the file is not a plan made by `plan -o`."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("command") != "plan":
+            raise ValueError("not written by `remediate plan -o`")
+        hosts = {h["name"]: h for h in data["hosts"] if h.get("pre_images")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise fail(f"{path}: not a usable plan file: {exc}") from exc
+    return hosts
 
 
 def _trap_signals(st: orchestrator.Settings) -> None:

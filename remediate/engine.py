@@ -50,6 +50,25 @@ class Candidate:
         return self.texts[name].encode("utf-8", "surrogateescape")
 
 
+def images(playbook: Playbook, facts: Facts, cand: Candidate) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """(pre, post): sha256 per file path as read now and as the candidate would write it."""
+    pre = tuple((playbook.files[n], sha256(facts.raw[n])) for n in playbook.files)
+    post = tuple((playbook.files[n], sha256(cand.data(n))) for n in playbook.files)
+    return pre, post
+
+
+def check_against_plan(playbook: Playbook, facts: Facts, cand: Candidate, planned: dict[str, Any]) -> None:
+    """Refuse (ValidationError) when the host or the candidate is not what the approved plan showed."""
+    pre, post = images(playbook, facts, cand)
+    for path, digest in pre:
+        if planned.get("pre_images", {}).get(path) != digest:
+            raise ValidationError(f"stale plan: {path} changed on the host since the plan was made; run "
+                                  "`remediate plan` again and have it approved")
+    if dict(post) != planned.get("post_images"):
+        raise ValidationError("the change computed now differs from the approved plan (playbook, policy or "
+                              "inventory changed since); run `remediate plan` again")
+
+
 @dataclass(frozen=True, slots=True)
 class Simulation:
     verdict: smtp_probe.Verdict

@@ -40,6 +40,8 @@ class Settings:
     playbooks: Path | None = None
     forks: int = 10
     break_lock: bool = False
+    #: apply --plan: the approved plan's host entries by name (only these hosts, only as planned)
+    planned: dict[str, dict[str, Any]] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -62,6 +64,8 @@ def run_fleet(hosts: Iterable[Any], work: Callable[[Any], HostResult], forks: in
             except Exception as exc:  # a bug must cost one host, never the fleet
                 log.exception("host_crashed", host=host.name)
                 result = HostResult(host.name, host.address, Status.FAILED, error=f"internal error: {exc!r}")
+        log.info("host_done", host=host.name, status=result.status.value, changed=result.changed,
+                 error=result.error)
         if on_done is not None:
             on_done(result)
         return result
@@ -138,8 +142,9 @@ def plan_host(host: Any, settings: Settings) -> HostResult:
                           error="the simulated session against the candidate is not secure: "
                                 + "; ".join(sim.verdict.reasons))
     status = Status.WOULD_CHANGE if cand.changed else Status.COMPLIANT
+    pre, post = engine.images(playbook, facts, cand)
     return HostResult(host.name, host.address, status, before, after, bool(cand.changed),
-                      diff=cand.diff or None, simulation=sim.transcript)
+                      diff=cand.diff or None, simulation=sim.transcript, pre_images=pre, post_images=post)
 
 
 # ---------------------------------------------------------------------- apply
@@ -162,6 +167,11 @@ def apply_host(host: Any, settings: Settings, journal: Journal) -> HostResult:
         before = engine.verdict_findings(before_v) + engine.audit(
             playbook, {n: facts.text(n) for n in playbook.files}, host)
         base = replace(base, findings_before=before, diff=cand.diff or None)
+        if settings.planned is not None:
+            try:
+                engine.check_against_plan(playbook, facts, cand, settings.planned[host.name])
+            except ValidationError as exc:
+                return replace(base, error=str(exc))
         if not cand.changed:
             hlog.info("unchanged")
             if before_v.status == "vulnerable":

@@ -58,13 +58,20 @@ class HostResult:
     error: str | None = None
     notes: tuple[str, ...] = ()
     simulation: str | None = None
+    #: plan only: sha256 of each file as read, and as the candidate would write it ({path: sha256})
+    pre_images: tuple[tuple[str, str], ...] = ()
+    post_images: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "address": self.address, "status": self.status.value,
-                "findings_before": [f.as_dict() for f in self.findings_before],
-                "findings_after": [f.as_dict() for f in self.findings_after],
-                "changed": self.changed, "backup_id": self.backup_id, "diff": self.diff,
-                "error": self.error, "notes": list(self.notes), "simulation": self.simulation}
+        out: dict[str, object] = {
+            "name": self.name, "address": self.address, "status": self.status.value,
+            "findings_before": [f.as_dict() for f in self.findings_before],
+            "findings_after": [f.as_dict() for f in self.findings_after],
+            "changed": self.changed, "backup_id": self.backup_id, "diff": self.diff,
+            "error": self.error, "notes": list(self.notes), "simulation": self.simulation}
+        if self.pre_images:
+            out["pre_images"], out["post_images"] = dict(self.pre_images), dict(self.post_images)
+        return out
 
 
 @dataclass(slots=True)

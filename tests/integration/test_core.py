@@ -192,3 +192,26 @@ def test_unknown_host_key_is_refused_and_nothing_changes(lab, work, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
     assert result["status"] == "unreachable" and "host key" in result["error"]
     assert snapshot(lab.path("mx1", "/")) == before
+
+
+def test_an_approved_plan_is_applied_as_planned_and_refused_where_the_host_changed_since(lab, work):
+    for name in ("mx8", "mx9"):
+        lab.reset(name)
+    try:
+        proc = cli(lab, work, "plan", "--limit", "mx8,mx9", "-o", "approved.json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lab.exec("mx9", ["sh", "-c", "echo '# hand edit after the plan' >> /etc/postfix/main.cf"], check=True)
+        tampered = snapshot(lab.path("mx9", "/"))
+        proc = cli(lab, work, "apply", "--yes", "--plan", "approved.json", "--report", "planned.json")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        results = report(work, "planned.json")
+        assert set(results) == {"mx8", "mx9"}   # only the plan's hosts, though the inventory has more
+        assert results["mx8"]["status"] == "changed"
+        assert results["mx9"]["status"] == "failed" and "stale plan" in results["mx9"]["error"]
+        assert snapshot(lab.path("mx9", "/")) == tampered, "a stale host must not be written"
+        bad = work / "not-a-plan.json"
+        bad.write_text('{"command": "scan", "hosts": []}')
+        assert cli(lab, work, "apply", "--yes", "--plan", str(bad)).returncode == 2
+    finally:
+        for name in ("mx8", "mx9"):
+            lab.reset(name)
