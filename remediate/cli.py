@@ -98,7 +98,8 @@ def execute(command: str, hosts: list[Any], work: Any, settings: orchestrator.Se
                   console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(command, total=len(hosts))
         run.hosts = orchestrator.run_fleet(hosts, work, settings.forks, settings.stop,
-                                           on_done=lambda _: progress.advance(task))
+                                           on_done=lambda _: progress.advance(task), canary=settings.canary,
+                                           max_failures=settings.max_failures)
     run.finished = time.time()
     report.render(run, out, show_diffs=show_diffs, ok=ok)
     for path in (report_path, *extra_outputs):
@@ -160,6 +161,11 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
           = False,
           plan_file: Annotated[Path | None, typer.Option("--plan", help="apply exactly this approved plan "
                                                           "(from `plan -o`); refused per host if stale")] = None,
+          canary: Annotated[int, typer.Option("--canary", min=0, help="work this many hosts first, alone; "
+                                              "the rest only if they all succeed")] = 0,
+          max_failures: Annotated[int | None, typer.Option("--max-failures", min=1, help="start no new host "
+                                                           "once this many failed, rolled back or were "
+                                                           "unreachable")] = None,
           verbose: Verbose = False) -> None:
     """Back up, edit, validate, reload and verify each host; roll back any host that fails."""
     run_id = new_run_id()
@@ -176,7 +182,7 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
                    f"`remediate rollback --run {interrupted[-1].run_id}` or finish it with "
                    f"`remediate resume {interrupted[-1].run_id}` before a new apply")
     st = settings_for(run_id, forks, playbooks, backups, runs, break_lock)
-    st.planned = planned
+    st.planned, st.canary, st.max_failures = planned, canary, max_failures
     if not yes:
         if not sys.stdin.isatty():
             raise fail("apply changes hosts: run it on a terminal to confirm, or pass --yes")

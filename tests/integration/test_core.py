@@ -215,3 +215,22 @@ def test_an_approved_plan_is_applied_as_planned_and_refused_where_the_host_chang
     finally:
         for name in ("mx8", "mx9"):
             lab.reset(name)
+
+
+def test_a_failed_canary_keeps_the_rest_of_the_fleet_untouched(lab, work, tmp_path):
+    import ipaddress
+
+    ghost = str(ipaddress.ip_network(lab.subnet).network_address + 250)   # nobody lives there
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(lab.inventory_path.read_text()
+                   .replace("  mta: postfix", "  mta: postfix\n  connect_timeout: 2")
+                   .replace("hosts:\n", f"hosts:\n  ghost: {{address: {ghost}}}\n", 1))
+    lab.reset("mx8")
+    before = snapshot(lab.path("mx8", "/"))
+    proc = run_cli("apply", "--yes", "-i", str(inv), "--limit", "ghost,mx8", "--canary", "1", "--report", "c.json",
+                   cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    results = {h["name"]: h for h in json.loads((tmp_path / "c.json").read_text())["hosts"]}
+    assert results["ghost"]["status"] == "unreachable"
+    assert results["mx8"]["status"] == "skipped" and "canary wave failed" in results["mx8"]["error"]
+    assert snapshot(lab.path("mx8", "/")) == before
