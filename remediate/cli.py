@@ -36,6 +36,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 lab_app = typer.Typer(no_args_is_help=True, help="A lab of real mail hosts (sshd + Postfix) in namespaces.")
 app.add_typer(lab_app, name="lab")
 out = Console()
+if not out.is_terminal:  # logs and pipes: wide enough for the table, never the 80-column guess
+    out = Console(width=140)
 err = Console(stderr=True)
 
 Inventory = Annotated[Path, typer.Option("-i", "--inventory", help="inventory file")]

@@ -151,9 +151,16 @@ def in_networks(address: str, mynetworks: str) -> bool:
     return False
 
 
+_EVIDENCE = {"open_relay": "relay accepted", "anonymous_auth": "ANONYMOUS is advertised"}
+
+
 def verdict_findings(verdict: smtp_probe.Verdict, source: str = "probe") -> tuple[Finding, ...]:
-    return tuple(Finding(code, "; ".join(r for r in verdict.reasons) or code, source)
-                 for code in verdict.findings)
+    """One Finding per code, its detail the probe's evidence for that code (not every reason)."""
+    def evidence(code: str) -> str:
+        hits = [r for r in verdict.reasons if _EVIDENCE.get(code, code) in r]
+        return "; ".join(hits) or "; ".join(verdict.reasons) or code
+
+    return tuple(Finding(code, evidence(code), source) for code in verdict.findings)
 
 
 def probe_until(host: Any, facts: Facts | None, expect_local: str, attempts: int = 4,

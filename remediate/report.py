@@ -25,24 +25,46 @@ def _findings(h: HostResult) -> str:
     return ", ".join(codes) or "-"
 
 
+def _one_line(h: HostResult) -> str:
+    """The single most useful sentence about a host, for the table."""
+    if h.error:
+        text = h.error
+    elif h.status in (Status.VULNERABLE, Status.WOULD_CHANGE) and h.findings_before:
+        config = [f.detail for f in h.findings_before if f.source == "config"]
+        text = config[0] if config else h.findings_before[0].detail
+    else:
+        text = (h.notes[0] if h.notes else "") or (h.findings_before[0].detail if h.findings_before else "")
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
 def render(run: RunResult, console: Console, *, show_diffs: bool = False,
            ok: frozenset[Status] = OK_STATUSES) -> None:
-    """Per-host table, optional diffs and simulations (plan), and an Ansible-style recap line."""
+    """Plan diffs and simulations (when asked), a per-host table, each finding in full, and a recap line."""
     if show_diffs:
         for h in run.hosts:
             if h.diff:
                 console.rule(f"[bold]{h.name}[/] ({h.address})")
                 console.print(Syntax(h.diff, "diff", theme="ansi_dark", background_color="default"))
             if h.simulation:
-                console.print(f"[bold]{h.name}[/] simulated SMTP session against the candidate: {h.simulation}")
+                console.print(f"[bold]{h.name}[/] simulated SMTP session against the candidate: {h.simulation}",
+                              highlight=False)
     table = Table(title=f"remediate {run.command}  run {run.run_id}", title_justify="left")
-    for col in ("host", "address", "status", "findings", "changed", "details"):
-        table.add_column(col, overflow="fold")
+    for col in ("host", "address", "status", "findings", "changed"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("details", overflow="fold", min_width=30)
     for h in run.hosts:
-        detail = h.error or "; ".join(h.notes) or "; ".join(f.detail for f in h.findings_before[:2])
         table.add_row(h.name, h.address, f"[{STYLE[h.status]}]{h.status.value}[/]", _findings(h),
-                      "yes" if h.changed else "no", detail[:300])
+                      "yes" if h.changed else "no", _one_line(h))
     console.print(table)
+    shown = [h for h in run.hosts if h.status in (Status.VULNERABLE, Status.INCONCLUSIVE, Status.FAILED,
+                                                 Status.ROLLED_BACK) and (h.findings_before or h.notes)]
+    for h in shown:
+        console.print(f"[bold]{h.name}[/]:", highlight=False)
+        for f in h.findings_before:
+            console.print(f"  - {f.code} ({f.source}): {f.detail}", highlight=False, markup=False)
+        if h.status is Status.INCONCLUSIVE:
+            for note in h.notes:
+                console.print(f"  - {note}", highlight=False, markup=False)
     counts = Counter(h.status.value for h in run.hosts)
     recap = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     verdict = "ok" if all(h.status in ok for h in run.hosts) else "attention needed"
