@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from remediate import orchestrator, report
-from remediate.backup import BackupStore, Inspection, PruneResult, referenced_runs, valid_run_id
+from remediate.backups import Backups, Inspection, PruneResult, referenced_runs, valid_run_id
 from remediate.errors import ConfigError, LabError, RemediateError
 from remediate.inventory import load_inventory, select
 from remediate.journal import Journal, RunState, list_runs
@@ -369,7 +369,7 @@ def backups_list(inventory: Annotated[Path | None, typer.Option("-i", "--invento
                  limit: Limit = None, backups: Backups = Path("backups"), runs: Runs = Path("runs")) -> None:
     """Runs in the local backup store per host: when, which files, and what the run's journal says.
     Contacts no host."""
-    store = BackupStore(backups)
+    store = Backups(backups)
     pairs = sorted(store.runs())  # by host, then oldest run first
     if inventory is not None:
         wanted = {h.name for h in _inventory_hosts(inventory, limit)}
@@ -406,7 +406,7 @@ def backups_show(run_id: RunIdArg, inventory: Inventory = Path("inventory.yaml")
     if not valid_run_id(run_id):
         raise fail(f"{run_id!r} is not a run id (like 20261128T204700Z-3f9a; `remediate backups list` shows them)")
     hosts = _inventory_hosts(inventory, limit)
-    store = BackupStore(backups)
+    store = Backups(backups)
     views = _each_host(hosts, forks, lambda h: store.inspect_host(h, run_id))
     for view in views:
         _show_inspection(view)
@@ -455,7 +455,7 @@ def backups_prune(keep: Annotated[int, typer.Option("--keep", help="runs kept pe
     hosts = _inventory_hosts(inventory, limit)
     if not yes and not sys.stdin.isatty():
         raise fail("prune deletes backups: run it on a terminal to confirm, or pass --yes")
-    store = BackupStore(backups)
+    store = Backups(backups)
     confirmed: dict[str, tuple[str, ...]] | None = None
     if not yes:
         protected = _protected_runs(runs)

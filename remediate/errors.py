@@ -8,8 +8,13 @@
      ├── ValidationError      a candidate configuration failed validation on the host
      ├── LockError            another run holds the host's lock
      ├── BackupError          a backup copy is missing or does not match its manifest
-     └── LabError             the local lab cannot be built or torn down
+     ├── LabError             the local lab cannot be built or torn down
+     └── ProbeError           an SMTP session could not be opened or continued (defined in `remediate.smtp`)
+          ├── ProbeDropped    the server closed the connection, or a send failed
+          ├── ProbeTimeout    no complete reply (or connection) within the timeout
+          └── ProbeProtocolError  a reply that is not SMTP
 
+The probe's errors stay inside it: `probe`/`simulate` catch them and record them in the result.
 Exit codes are mapped in one place, the CLI.
 """
 

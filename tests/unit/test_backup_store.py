@@ -7,16 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediate.backup import (
-    BackupStore,
-    CopyState,
-    FileRecord,
-    Manifest,
-    plan_prune,
-    referenced_runs,
-    sha256,
-    valid_run_id,
-)
+from remediate.backup import FileRecord, Manifest, sha256
+from remediate.backups import Backups, CopyState, plan_prune, referenced_runs, valid_run_id
 from remediate.errors import BackupError
 from remediate.journal import Journal, list_runs
 from remediate.results import new_run_id
@@ -25,7 +17,7 @@ RUN_A, RUN_B, RUN_C = "20261128T204700Z-3f9a", "20261129T080000Z-0001", "2026113
 MAIN_CF = b"mynetworks = 0.0.0.0/0\n"
 
 
-def saved(store: BackupStore, host: str, run_id: str, files: dict[str, bytes] | None = None,
+def saved(store: Backups, host: str, run_id: str, files: dict[str, bytes] | None = None,
           manifest_host: str | None = None) -> Manifest:
     """A local backup as `BackupStore.save` leaves it: files/<path> plus manifest.json."""
     files = {"/etc/postfix/main.cf": MAIN_CF} if files is None else files
@@ -52,12 +44,12 @@ def test_run_ids_made_by_the_tool_are_valid_and_nothing_path_like_is():
 
 def test_remove_refuses_anything_but_a_run_id_before_touching_a_host(tmp_path):
     with pytest.raises(BackupError, match="not a run id"):
-        BackupStore(tmp_path).remove(None, "../../etc")  # type: ignore[arg-type]
+        Backups(tmp_path).remove(None, "../../etc")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- listing
 def test_runs_lists_backups_with_a_manifest_and_local_runs_every_run_folder(tmp_path):
-    store = BackupStore(tmp_path / "backups")
+    store = Backups(tmp_path / "backups")
     saved(store, "mx1", RUN_B)
     saved(store, "mx1", RUN_A)
     saved(store, "mx2", RUN_A)
@@ -67,12 +59,12 @@ def test_runs_lists_backups_with_a_manifest_and_local_runs_every_run_folder(tmp_
     assert store.runs("mx2") == [("mx2", RUN_A)]
     assert store.local_runs("mx1") == [RUN_A, RUN_B, RUN_C]
     assert store.local_runs("nohost") == []
-    assert BackupStore(tmp_path / "nothing").runs() == []
+    assert Backups(tmp_path / "nothing").runs() == []
 
 
 # ---------------------------------------------------------------------- copies
 def test_an_intact_local_copy_is_intact_and_an_unasked_host_copy_is_unknown_with_the_reason(tmp_path):
-    store = BackupStore(tmp_path)
+    store = Backups(tmp_path)
     manifest = saved(store, "mx1", RUN_A)
     [status] = store.copies("mx1", manifest, None, "unreachable: no route to host")
     assert status.record.path == "/etc/postfix/main.cf"
@@ -83,7 +75,7 @@ def test_an_intact_local_copy_is_intact_and_an_unasked_host_copy_is_unknown_with
 
 
 def test_a_corrupt_or_missing_local_copy_is_reported_naming_the_file(tmp_path):
-    store = BackupStore(tmp_path)
+    store = Backups(tmp_path)
     manifest = saved(store, "mx1", RUN_A, {"/etc/postfix/main.cf": MAIN_CF, "/etc/postfix/master.cf": b"smtp\n"})
     main_cf = store.local_dir("mx1", RUN_A) / "files/etc/postfix/main.cf"
     main_cf.write_bytes(MAIN_CF + b"tampered\n")
@@ -95,7 +87,7 @@ def test_a_corrupt_or_missing_local_copy_is_reported_naming_the_file(tmp_path):
 
 
 def test_an_unreadable_local_copy_is_unknown_not_missing(tmp_path):
-    store = BackupStore(tmp_path)
+    store = Backups(tmp_path)
     manifest = saved(store, "mx1", RUN_A)
     copy = store.local_dir("mx1", RUN_A) / "files/etc/postfix/main.cf"
     copy.unlink()
@@ -104,7 +96,7 @@ def test_an_unreadable_local_copy_is_unknown_not_missing(tmp_path):
 
 
 def test_inspect_without_the_host_uses_the_local_manifest_and_is_not_ok(tmp_path):
-    store = BackupStore(tmp_path)
+    store = Backups(tmp_path)
     manifest = saved(store, "mx1", RUN_A)
     view = store.inspect("mx1", RUN_A, None, "no route to host")
     assert view.manifest == manifest and view.source == "local store"
@@ -113,13 +105,13 @@ def test_inspect_without_the_host_uses_the_local_manifest_and_is_not_ok(tmp_path
 
 
 def test_inspect_of_a_run_nowhere_to_be_read_is_a_problem_not_an_error(tmp_path):
-    view = BackupStore(tmp_path).inspect("mx1", RUN_A, None, "connection refused")
+    view = Backups(tmp_path).inspect("mx1", RUN_A, None, "connection refused")
     assert view.manifest is None and not view.ok
     assert "could not be asked: connection refused" in view.problems[0]
 
 
 def test_inspect_flags_a_manifest_of_another_host_and_an_unreadable_one(tmp_path):
-    store = BackupStore(tmp_path)
+    store = Backups(tmp_path)
     saved(store, "mx1", RUN_A, manifest_host="mx2")
     assert "of host mx2" in store.inspect("mx1", RUN_A).problems[0]
     (store.local_dir("mx1", RUN_B)).mkdir(parents=True)

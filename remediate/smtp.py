@@ -1,0 +1,265 @@
+"""The SMTP wire: one client-side dialogue over a stream, its replies, and how they fail.
+
+`SmtpSession` speaks the client side of RFC 5321 over any `Stream` (a socket, an SSL socket or a paramiko
+Channel); `Reply` is one whole reply; `parse_ehlo` reads the EHLO keywords into `Capabilities`. The probe
+(`remediate.probe`) builds its procedures on these; nothing here decides what a reply means.
+
+Guarantees: DATA and BDAT are never sent (`SmtpSession.command` refuses them, and any command with a line
+break), every read returns or fails within `timeout`, bytes buffered before a STARTTLS handshake are
+discarded, and nothing here logs. Failures raise:
+
+    RemediateError
+     └── ProbeError            connect, TLS or banner failure
+          ├── ProbeDropped     the server closed the connection (or a send failed)
+          ├── ProbeTimeout     no complete reply within the timeout
+          └── ProbeProtocolError  a reply that is not SMTP
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from remediate.errors import RemediateError
+
+_MAX_LINE, _MAX_LINES = 4096, 64
+_REPLY_LINE = re.compile(r"([2-5][0-9]{2})(?:([ -])(.*))?")
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s|$)")
+_SRV = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]*)")  # nmap: %d+%s([%w]+[%w%.-]*)
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+class ProbeError(RemediateError):
+    """An SMTP session could not be opened or continued."""
+
+
+class ProbeDropped(ProbeError):
+    """The server closed the connection, or writing to it failed."""
+
+
+class ProbeTimeout(ProbeError):
+    """No complete reply (or connection) within the timeout."""
+
+
+class ProbeProtocolError(ProbeError):
+    """The server sent something that is not an SMTP reply."""
+
+
+class Stream(Protocol):
+    """A socket, an SSL socket or a paramiko Channel."""
+
+    def sendall(self, data: bytes) -> Any: ...
+    def recv(self, n: int) -> bytes: ...
+    def settimeout(self, timeout: float | None) -> Any: ...
+
+
+Connect = Callable[[str, int, float], Stream]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: its code and the text of each line (without the code)."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def klass(self) -> int:
+        return self.code // 100
+
+    @property
+    def enhanced(self) -> str | None:
+        """The RFC 3463 enhanced status code of the first line, when its class matches the reply's."""
+        m = _ENHANCED.match(self.lines[0]) if self.lines else None
+        return ".".join(m.groups()) if m and int(m[1]) == self.klass else None
+
+    def __str__(self) -> str:
+        text = f"{self.code} {' / '.join(self.lines)}"
+        return "".join(c if c.isprintable() else "?" for c in text)[:160]
+
+
+class SmtpSession:
+    """The client side of one SMTP dialogue over a `Stream`.
+
+    Every read returns within `timeout` seconds or raises `ProbeTimeout`; EOF or a failed write raises
+    `ProbeDropped`; a non-SMTP reply raises `ProbeProtocolError`. `command` refuses DATA/BDAT and line breaks.
+    """
+
+    def __init__(self, stream: Stream, *, timeout: float = 10.0) -> None:
+        self.stream, self.timeout = stream, timeout
+        self._buf, self._last = b"", "the greeting"
+        self.broken = False  # set once a read or write failed: the dialogue cannot be trusted any more
+
+    def read_reply(self) -> Reply:
+        """The next reply, whole. A 421 (server closing) marks the session `broken`, as any failure does."""
+        try:
+            reply = self._read_reply()
+        except ProbeError:
+            self.broken = True
+            raise
+        self.broken = self.broken or reply.code == 421
+        return reply
+
+    def _read_reply(self) -> Reply:
+        deadline, lines = time.monotonic() + self.timeout, []
+        while True:
+            m = _REPLY_LINE.fullmatch(self._readline(deadline))
+            if not m:
+                raise ProbeProtocolError(f"not an SMTP reply to {self._last}")
+            lines.append(m[3] or "")
+            if m[2] != "-":
+                return Reply(int(m[1]), tuple(lines))
+            if len(lines) >= _MAX_LINES:
+                raise ProbeProtocolError(f"reply to {self._last} has more than {_MAX_LINES} lines")
+
+    def command(self, line: str) -> Reply:
+        verb = line.split(" ", 1)[0].upper()
+        if verb in ("DATA", "BDAT"):
+            raise ValueError("the probe never sends DATA or BDAT: nothing may ever be queued")
+        if not verb or "\r" in line or "\n" in line:
+            raise ValueError(f"refusing to send a malformed SMTP command: {line!r}")
+        self._last = verb
+        self._send(line)
+        return self.read_reply()
+
+    def auth_anonymous(self, trace: str) -> Reply:
+        """Two-step `AUTH ANONYMOUS` (RFC 4505); returns the final reply. A second 334 is cancelled (`*`)."""
+        reply = self.command("AUTH ANONYMOUS")
+        if reply.code != 334:
+            return reply
+        self._send(base64.b64encode(trace.encode()).decode("ascii"))
+        reply = self.read_reply()
+        if reply.code == 334:
+            self._send("*")
+            reply = self.read_reply()
+        return reply
+
+    def starttls(self, context: ssl.SSLContext) -> Reply:
+        """STARTTLS and the handshake; returns the non-220 reply if refused. Plaintext bytes buffered
+        before the handshake are discarded (STARTTLS command injection)."""
+        reply = self.command("STARTTLS")
+        if reply.code != 220:
+            return reply
+        if not isinstance(self.stream, socket.socket):
+            raise ProbeError("STARTTLS needs a socket; this stream cannot carry TLS")
+        self._buf, self.broken = b"", True  # until the handshake completes
+        self.stream.settimeout(self.timeout)
+        try:
+            self.stream = context.wrap_socket(self.stream)
+        except TimeoutError as exc:
+            raise ProbeTimeout(f"TLS handshake timed out after {self.timeout:g}s") from exc
+        except OSError as exc:
+            raise ProbeError(f"TLS handshake failed: {exc}") from exc
+        self.broken = False
+        return reply
+
+    def rset(self) -> Reply:
+        return self.command("RSET")
+
+    def quit(self) -> None:
+        """QUIT unless the session is broken, then close the stream; never raises."""
+        with contextlib.suppress(ProbeError):
+            if not self.broken:
+                self.command("QUIT")
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            with contextlib.suppress(OSError):
+                close()
+
+    def _send(self, line: str) -> None:
+        try:
+            self.stream.settimeout(self.timeout)
+            self.stream.sendall(line.encode() + b"\r\n")
+        except TimeoutError as exc:
+            self.broken = True
+            raise ProbeTimeout(f"sending {self._last} timed out") from exc
+        except OSError as exc:
+            self.broken = True
+            raise ProbeDropped(f"connection lost sending {self._last}: {exc}") from exc
+
+    def _readline(self, deadline: float) -> str:
+        while (i := self._buf.find(b"\n")) < 0:
+            if len(self._buf) > _MAX_LINE:
+                raise ProbeProtocolError(f"reply line to {self._last} longer than {_MAX_LINE} bytes")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProbeTimeout(f"no complete reply to {self._last} within {self.timeout:g}s")
+            try:
+                self.stream.settimeout(remaining)
+                chunk = self.stream.recv(4096)
+            except TimeoutError as exc:
+                raise ProbeTimeout(f"no complete reply to {self._last} within {self.timeout:g}s") from exc
+            except OSError as exc:
+                raise ProbeDropped(f"connection lost waiting for the reply to {self._last}: {exc}") from exc
+            if not chunk:
+                raise ProbeDropped(f"server closed the connection after {self._last}")
+            self._buf += chunk
+        line, self._buf = self._buf[:i], self._buf[i + 1:]
+        return line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    auth: tuple[str, ...]
+    starttls: bool
+    xclient: bool
+    name: str | None  # first word of the EHLO greeting
+
+
+def parse_ehlo(reply: Reply) -> Capabilities:
+    """Keywords of an EHLO reply. AUTH mechanisms come from `AUTH ...` lines (Nessus 54580) and the legacy
+    `AUTH=...` spelling, uppercased, in order, without duplicates."""
+    mechs: list[str] = []
+    keywords: set[str] = set()
+    for line in reply.lines[1:]:
+        words = line.split()
+        if not words:
+            continue
+        keyword, _, first = words[0].upper().partition("=")
+        keywords.add(keyword)
+        if keyword == "AUTH":
+            mechs += [m.upper() for m in ([first] if first else []) + words[1:] if m.upper() not in mechs]
+    name = _SRV.match(reply.lines[0]) if reply.lines else None
+    return Capabilities(tuple(mechs), "STARTTLS" in keywords, "XCLIENT" in keywords, name and name[1])
+
+
+def server_name(banner: Reply, caps: Capabilities, default: str) -> str:
+    """nmap's SRV: the host name after the banner's code, else the EHLO greeting's, else `default`."""
+    m = _SRV.match(banner.lines[0]) if banner.lines else None
+    return m[1] if m else caps.name or default
+
+
+def scanner_tls_context() -> ssl.SSLContext:
+    """A scanner's context: no certificate checks, weak ciphers allowed (we only read EHLO)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with contextlib.suppress(ssl.SSLError):
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+def check_names(**names: str | None) -> None:
+    """Refuse (ValueError naming the keyword) any name that is not a plain host or domain name, so nothing
+    a caller passes can smuggle a line break or a second command into the dialogue. None is allowed."""
+    for key, value in names.items():
+        if value is not None and not _HOSTNAME.fullmatch(value):
+            raise ValueError(f"{key} must be a plain host or domain name, got {value!r}")
+
+
+def default_connect(source_address: str | None) -> Connect:
+    """A `Connect` opening a plain TCP socket, bound to `source_address` when given."""
+    def connect(address: str, port: int, timeout: float) -> Stream:
+        source = (source_address, 0) if source_address else None
+        return socket.create_connection((address, port), timeout, source)
+    return connect
