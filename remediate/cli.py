@@ -23,8 +23,9 @@ from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from remediate import backups as housekeeping
 from remediate import orchestrator, report
-from remediate.backups import Backups, Inspection, PruneResult, referenced_runs, valid_run_id
+from remediate.backups import Inspection, PruneResult, referenced_runs, valid_run_id
 from remediate.errors import ConfigError, LabError, RemediateError
 from remediate.inventory import load_inventory, select
 from remediate.journal import Journal, RunState, list_runs
@@ -369,7 +370,7 @@ def backups_list(inventory: Annotated[Path | None, typer.Option("-i", "--invento
                  limit: Limit = None, backups: Backups = Path("backups"), runs: Runs = Path("runs")) -> None:
     """Runs in the local backup store per host: when, which files, and what the run's journal says.
     Contacts no host."""
-    store = Backups(backups)
+    store = housekeeping.Backups(backups)
     pairs = sorted(store.runs())  # by host, then oldest run first
     if inventory is not None:
         wanted = {h.name for h in _inventory_hosts(inventory, limit)}
@@ -406,7 +407,7 @@ def backups_show(run_id: RunIdArg, inventory: Inventory = Path("inventory.yaml")
     if not valid_run_id(run_id):
         raise fail(f"{run_id!r} is not a run id (like 20261128T204700Z-3f9a; `remediate backups list` shows them)")
     hosts = _inventory_hosts(inventory, limit)
-    store = Backups(backups)
+    store = housekeeping.Backups(backups)
     views = _each_host(hosts, forks, lambda h: store.inspect_host(h, run_id))
     for view in views:
         _show_inspection(view)
@@ -455,7 +456,7 @@ def backups_prune(keep: Annotated[int, typer.Option("--keep", help="runs kept pe
     hosts = _inventory_hosts(inventory, limit)
     if not yes and not sys.stdin.isatty():
         raise fail("prune deletes backups: run it on a terminal to confirm, or pass --yes")
-    store = Backups(backups)
+    store = housekeeping.Backups(backups)
     confirmed: dict[str, tuple[str, ...]] | None = None
     if not yes:
         protected = _protected_runs(runs)
