@@ -132,7 +132,28 @@ def outside_probe(host: Any, facts: Facts | None, expect_local: str,
                    and in_networks(result.source_address, " ".join(host.trusted_networks)))
     verdict = smtp_probe.judge(result, defer_configured=defer, orchestrator_trusted=trusted,
                                expect_local=expect_local)
+    served = served_by(host.probe_domain, facts)
+    if served:  # a relay "accepted" to a domain the host is meant to take mail for proves nothing
+        findings = tuple(f for f in verdict.findings if f != "open_relay")
+        status = smtp_probe.Status.VULNERABLE if findings else smtp_probe.Status.INCONCLUSIVE
+        verdict = smtp_probe.Verdict(status, findings, verdict.reasons + (
+            f"probe domain {host.probe_domain} is in the host's {served}, so relay tests to it prove nothing; "
+            "set probe_domain to a domain this host does not serve",), verdict.local_ok)
     return verdict, result
+
+
+def served_by(domain: str, facts: Facts | None) -> str | None:
+    """Which of the host's domain lists (mydestination, relay_domains) covers `domain`, if any."""
+    if facts is None:
+        return None
+    for name in ("relay_domains", "mydestination"):
+        for item in facts.outputs.get(name, "").replace(",", " ").split():
+            item = item.lower().lstrip(".")
+            if ":" in item or "/" in item:   # a lookup table or file: not judged here
+                continue
+            if domain.lower() == item or domain.lower().endswith("." + item):
+                return name
+    return None
 
 
 def in_networks(address: str, mynetworks: str) -> bool:

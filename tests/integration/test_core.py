@@ -234,3 +234,39 @@ def test_a_failed_canary_keeps_the_rest_of_the_fleet_untouched(lab, work, tmp_pa
     assert results["ghost"]["status"] == "unreachable"
     assert results["mx8"]["status"] == "skipped" and "canary wave failed" in results["mx8"]["error"]
     assert snapshot(lab.path("mx8", "/")) == before
+
+
+def test_a_probe_domain_the_host_serves_makes_the_scan_inconclusive_never_secure(lab, work, tmp_path):
+    secure = next(h for h in lab.hosts if h.scenario == "secure")
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(lab.inventory_path.read_text().replace(
+        f"    mail_domain: {secure.fqdn}\n", f"    mail_domain: {secure.fqdn}\n    probe_domain: {secure.fqdn}\n"))
+    proc = run_cli("scan", "-i", str(inv), "--limit", secure.name, "--report", "s.json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "s.json").read_text())["hosts"][0]
+    assert result["status"] == "inconclusive"
+    assert any(f"probe domain {secure.fqdn} is in the host's mydestination" in n for n in result["notes"])
+
+
+def test_a_held_lock_keeps_a_second_run_off_the_host_until_broken(lab, work, tmp_path):
+    import time as _time
+
+    lab.reset("mx9")
+    lock = lab.path("mx9", "/var/lib/remediate/lock.json")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"run_id": "20200101T000000Z-dead", "orchestrator": "elsewhere", "pid": 1,
+                                "time": _time.time() - 7200}))
+    before = snapshot(lab.path("mx9", "/"))
+    proc = run_cli("apply", "--yes", "-i", str(lab.inventory_path), "--limit", "mx9", "--report", "l.json",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    result = json.loads((tmp_path / "l.json").read_text())["hosts"][0]
+    assert result["status"] == "failed" and "locked by run 20200101T000000Z-dead" in result["error"]
+    assert snapshot(lab.path("mx9", "/")) == before
+    proc = run_cli("apply", "--yes", "--break-lock", "-i", str(lab.inventory_path), "--limit", "mx9",
+                   "--report", "l2.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = json.loads((tmp_path / "l2.json").read_text())["run_id"]
+    assert '"lock_broken"' in (tmp_path / "runs" / run_id / "log.jsonl").read_text()
+    assert not lock.exists()
+    lab.reset("mx9")

@@ -128,3 +128,20 @@ def test_down_cleans_up_after_a_crash_half_way_through_up(tmp_path):
 
 def test_lab_prefix_is_not_the_default(lab):
     assert lab.prefix == LAB_PREFIX  # tests never touch a developer's own `remediate lab up`
+
+
+def test_stop_and_start_sshd_and_mta(lab):
+    host = host_named(lab, "secure")
+
+    def answering() -> dict[str, bool]:
+        row = next(r for r in lab.status() if r["name"] == host.name)
+        return {"sshd": bool(row["sshd"]), "mta": bool(row["mta"])}
+
+    lab.service(host.name, "mta", "stop")
+    lab.service(host.name, "sshd", "stop")
+    try:
+        assert answering() == {"sshd": False, "mta": False}
+    finally:
+        lab.service(host.name, "mta", "start")
+        lab.service(host.name, "sshd", "start")
+    assert answering() == {"sshd": True, "mta": True}
