@@ -53,6 +53,20 @@ Runs = Annotated[Path, typer.Option("--runs", help="run journals and logs")]
 
 
 # ---------------------------------------------------------------------- logging
+def _version(value: bool) -> None:
+    if value:
+        from remediate import __version__
+
+        out.print(f"remediate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Close open relays and anonymous SMTP AUTH on mail servers: scan, plan, apply, roll back."""
+
+
 def setup_logging(verbose: bool, logfile: Path | None) -> None:
     """structlog once: console lines on a terminal, JSON lines otherwise; every event also to `logfile`."""
     threshold = 20 if verbose else 30

@@ -51,7 +51,7 @@ def render(run: RunResult, console: Console, *, show_diffs: bool = False,
     table = Table(title=f"remediate {run.command}  run {run.run_id}", title_justify="left")
     for col in ("host", "address", "status", "findings", "changed"):
         table.add_column(col, no_wrap=True)
-    table.add_column("details", overflow="fold", min_width=30)
+    table.add_column("details", overflow="fold", ratio=1)
     for h in run.hosts:
         table.add_row(h.name, h.address, f"[{STYLE[h.status]}]{h.status.value}[/]", _findings(h),
                       "yes" if h.changed else "no", _one_line(h))
@@ -68,7 +68,7 @@ def render(run: RunResult, console: Console, *, show_diffs: bool = False,
     counts = Counter(h.status.value for h in run.hosts)
     recap = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     verdict = "ok" if all(h.status in ok for h in run.hosts) else "attention needed"
-    console.print(f"RECAP {run.command}: {len(run.hosts)} host(s)  {recap}  ({verdict})")
+    console.print(f"RECAP {run.command}: {len(run.hosts)} host(s)  {recap}  ({verdict})", highlight=False)
 
 
 def write_json(run: RunResult, path: str | Path) -> None:

@@ -10,6 +10,7 @@ names, falling back to the lab's own name prefix when the record itself was lost
 from __future__ import annotations
 
 import contextlib
+import glob
 import ipaddress
 import json
 import os
@@ -32,7 +33,7 @@ DEFAULT_STATE = Path("/run/remediate-lab")
 REQUIRED = {"postfix": "/usr/sbin/postfix", "openssh-server": "/usr/sbin/sshd", "sudo": "/usr/bin/sudo",
             "iproute2": "/usr/sbin/ip", "util-linux": "/usr/bin/nsenter",
             "openssh-client": "/usr/bin/ssh-keygen", "openssl": "/usr/bin/openssl",
-            "libsasl2-modules": "/usr/lib/x86_64-linux-gnu/sasl2/libanonymous.so"}
+            "libsasl2-modules": "/usr/lib/*/sasl2/libanonymous.so"}
 OPS_USER, OPS_UID = "ops", 2501
 SSHD_CONFIG = """\
 # remediate lab: this host's own sshd
@@ -69,7 +70,7 @@ class LabHost:
 
 def missing_requirements() -> list[str]:
     """Debian packages the lab needs that are not installed (by the file each one provides)."""
-    return [pkg for pkg, path in REQUIRED.items() if not Path(path).exists()]
+    return [pkg for pkg, path in REQUIRED.items() if not glob.glob(path)]
 
 
 class Lab:
