@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix asks one debconf question at install time; answer it so nothing prompts.
 echo "postfix postfix/main_mailer_type select Internet Site" | debconf-set-selections
 echo "postfix postfix/mailname string lab.example" | debconf-set-selections
-pkgs="postfix openssh-server openssh-client sasl2-bin libsasl2-modules sudo nmap swaks iproute2 util-linux procps"
+pkgs="postfix openssh-server openssh-client sasl2-bin libsasl2-modules sudo nmap swaks iproute2 util-linux procps openssl"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
