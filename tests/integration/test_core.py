@@ -270,3 +270,22 @@ def test_a_held_lock_keeps_a_second_run_off_the_host_until_broken(lab, work, tmp
     assert '"lock_broken"' in (tmp_path / "runs" / run_id / "log.jsonl").read_text()
     assert not lock.exists()
     lab.reset("mx9")
+
+
+def test_policy_auth_all_refuses_every_unauthenticated_recipient(lab, work, tmp_path):
+    lab.reset("mx8")
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(lab.inventory_path.read_text().replace("  policy: relay-auth", "  policy: auth-all"))
+    try:
+        proc = run_cli("apply", "--yes", "-i", str(inv), "--limit", "mx8", "--report", "a.json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads((tmp_path / "a.json").read_text())["hosts"][0]["status"] == "changed"
+        host = lab.host("mx8")
+        assert rcpt(host.address, FOREIGN) // 100 == 5
+        assert rcpt(host.address, f"postmaster@{host.fqdn}") // 100 == 5   # submission-only: nothing unauthenticated
+        main_cf = lab.path("mx8", "/etc/postfix/main.cf").read_text()
+        assert "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject" in main_cf
+        proc = run_cli("scan", "-i", str(inv), "--limit", "mx8", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        lab.reset("mx8")
