@@ -287,6 +287,56 @@ def resume(run_id: Annotated[str, typer.Argument(help="the interrupted run")],
 
 
 @app.command()
+def hostkeys(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
+             write: Annotated[bool, typer.Option("--write", help="append UNKNOWN hosts' keys to each host's "
+                                                  "known_hosts (never a changed key)")] = False,
+             yes: Yes = False) -> None:
+    """Show each host's SSH key fingerprint against known_hosts, to verify out of band before first use.
+
+    Exit 0 when every key is known; 1 when any is unknown, changed or unreachable (a changed key is never
+    written: it may be an attack)."""
+    from rich.table import Table
+
+    from remediate.transport import check_host_key, fingerprint
+
+    hosts = _load_or_exit(inventory, limit, None)
+    checks: dict[str, Any] = {}
+    for host in hosts:
+        try:
+            checks[host.name] = check_host_key(host)
+        except RemediateError as exc:
+            checks[host.name] = exc
+    table = Table("host", "address", "state", "offered key (verify this out of band)", "known_hosts has")
+    for host in hosts:
+        c = checks[host.name]
+        if isinstance(c, Exception):
+            table.add_row(host.name, host.address, "[red]unreachable[/]", str(c), "")
+            continue
+        style = {"known": "green", "unknown": "yellow", "changed": "bold red"}[c.state]
+        table.add_row(host.name, host.address, f"[{style}]{c.state}[/]",
+                      f"{c.key.get_name()} {fingerprint(c.key)}", ", ".join(c.known) or "-")
+    out.print(table)
+    unknown = [h for h in hosts if not isinstance(checks[h.name], Exception) and checks[h.name].state == "unknown"]
+    if write and unknown:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise fail("--write trusts keys: run it on a terminal to confirm, or pass --yes")
+            if not typer.confirm(f"Trust the {len(unknown)} unknown key(s) above (checked out of band)?"):
+                raise typer.Exit(1)
+        for host in unknown:
+            c = checks[host.name]
+            name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+            path = Path(host.known_hosts).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(path, "a") as fh:
+                fh.write(f"{name} {c.line}\n")
+            out.print(f"{host.name}: added {c.key.get_name()} {fingerprint(c.key)} to {path}")
+            checks[host.name] = type(c)("known", c.key, (fingerprint(c.key),))
+    if any(isinstance(c, Exception) or c.state != "known" for c in checks.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(runs: Runs = Path("runs")) -> None:
     """Runs recorded in the journal, and each host's last phase (interrupted runs first)."""
     states = list_runs(runs)

@@ -8,9 +8,12 @@ boundary, into TransportError / HostKeyError / CommandError.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import select
 import shlex
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,12 +177,7 @@ class Connection:
         """SHA256 fingerprint of the host key the connection verified, OpenSSH style."""
         if self._client is None or self._client.get_transport() is None:
             return None
-        import base64
-        import hashlib
-
-        key = self._client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
-        digest = hashlib.sha256(key.asbytes()).digest()
-        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+        return fingerprint(self._client.get_transport().get_remote_server_key())  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ run
     def command_line(self, argv: list[str], *, privileged: bool = True) -> str:
@@ -249,6 +247,55 @@ class Connection:
         if self.exists(path):
             return False
         raise CommandError(self.name, result.command, result.rc, result.err)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint of a public key."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeyCheck:
+    """What a host offers against what known_hosts says: `state` is known, unknown or changed."""
+
+    state: str
+    key: paramiko.PKey
+    known: tuple[str, ...]        # fingerprints known_hosts holds for this address and key type
+
+    @property
+    def line(self) -> str:
+        """The known_hosts line for the offered key."""
+        return f"{self.key.get_name()} {self.key.get_base64()}"
+
+
+def check_host_key(host: Any) -> HostKeyCheck:
+    """Fetch the key the host offers (key exchange only, no authentication) and compare it with the system
+    and inventory known_hosts. Nothing is written; TransportError when the host cannot be reached."""
+    sock = None
+    try:
+        sock = socket.create_connection((host.address, host.port), timeout=host.connect_timeout)
+        transport = paramiko.Transport(sock)
+        try:
+            transport.start_client(timeout=host.connect_timeout)
+            key = transport.get_remote_server_key()
+        finally:
+            transport.close()
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        if sock is not None:
+            sock.close()
+        raise TransportError(f"{host.name}: cannot reach {host.address}:{host.port} for its host key: {exc}") from exc
+    known_keys = paramiko.HostKeys()
+    for path in (SYSTEM_KNOWN_HOSTS, os.path.expanduser(host.known_hosts or "")):
+        if path and os.path.isfile(path):
+            known_keys.load(path)
+    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    entry = known_keys.lookup(name) or {}
+    known = tuple(fingerprint(k) for k in entry.values())
+    if key.get_name() in entry:
+        state = "known" if entry[key.get_name()] == key else "changed"
+    else:
+        state = "changed" if known else "unknown"
+    return HostKeyCheck(state, key, known)
 
 
 def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
