@@ -108,6 +108,14 @@ def _playbook(host: Any, settings: Settings) -> Playbook:
     return playbook_for(host.mta, settings.playbooks)
 
 
+def _prepare(host: Any, settings: Settings, run_id: str, **bind: Any) -> tuple[Any, Playbook, Any, HostResult]:
+    """What every changing state machine starts with: its bound logger, the host's playbook and policy,
+    and the result it returns unless it gets further (`failed`)."""
+    playbook = _playbook(host, settings)
+    return (log.bind(run_id=run_id, host=host.name, **bind), playbook, playbook.policies[host.policy],
+            HostResult(host.name, host.address, Status.FAILED))
+
+
 def _connect(host: Any) -> Connection | HostResult:
     """A connected Connection, or the `unreachable` result that says why."""
     conn = Connection(host)
@@ -178,10 +186,7 @@ def plan_host(host: Any, settings: Settings) -> HostResult:
 # ---------------------------------------------------------------------- apply
 def apply_host(host: Any, settings: Settings, journal: Journal) -> HostResult:
     """The transactional state machine for one host (see the module docstring)."""
-    hlog = log.bind(run_id=settings.run_id, host=host.name)
-    playbook = _playbook(host, settings)
-    policy = playbook.policies[host.policy]
-    base = HostResult(host.name, host.address, Status.FAILED)
+    hlog, playbook, policy, base = _prepare(host, settings, settings.run_id)
     conn = _connect(host)
     if isinstance(conn, HostResult):
         return conn
@@ -298,10 +303,7 @@ def latest_run_for(conn: Connection, settings: Settings) -> str | None:
 
 def rollback_host(host: Any, settings: Settings, run_id: str | None, journal: Journal) -> HostResult:
     """Restore the backup of `run_id` (newest by default): verify every copy first, then write."""
-    hlog = log.bind(run_id=settings.run_id, host=host.name)
-    playbook = _playbook(host, settings)
-    policy = playbook.policies[host.policy]
-    base = HostResult(host.name, host.address, Status.FAILED)
+    hlog, playbook, policy, base = _prepare(host, settings, settings.run_id)
     conn = _connect(host)
     if isinstance(conn, HostResult):
         return conn
@@ -365,12 +367,10 @@ def resume_host(host: Any, settings: Settings, run_id: str, phase: str | None, j
     Nothing written yet (started/locked/failed): release the dead run's lock, done. Otherwise the
     candidate is recomputed from the backed-up originals: if every file already holds it, the run is
     finished (check, reload, verify from outside); if not (a write was cut short), the host is restored."""
-    hlog = log.bind(run_id=run_id, host=host.name, resume=True)
-    base = HostResult(host.name, host.address, Status.FAILED, backup_id=run_id)
+    hlog, playbook, policy, base = _prepare(host, settings, run_id, resume=True)
+    base = replace(base, backup_id=run_id)
     if phase in (None, "done"):
         return replace(base, status=Status.SKIPPED, notes=(f"nothing to resume (last phase: {phase or 'none'})",))
-    playbook = _playbook(host, settings)
-    policy = playbook.policies[host.policy]
     conn = _connect(host)
     if isinstance(conn, HostResult):
         return conn

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from remediate.lab import Lab
-from tests.conftest import LAB_PREFIX, LAB_SUBNET
+from tests.conftest import LAB_SUBNET
 from tests.integration.checks import FOREIGN, auth_anonymous_accepted, nmap_open_relay, rcpt
 
 
@@ -124,10 +124,6 @@ def test_down_cleans_up_after_a_crash_half_way_through_up(tmp_path):
     pids = [p for h in data["hosts"] for p in (h["pid"], h["init_pid"]) if p]
     Lab(state).down()
     assert _leftovers("rmcrash", pids) == []
-
-
-def test_lab_prefix_is_not_the_default(lab):
-    assert lab.prefix == LAB_PREFIX  # tests never touch a developer's own `remediate lab up`
 
 
 def test_stop_and_start_sshd_and_mta(lab):
