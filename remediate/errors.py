@@ -4,18 +4,23 @@
      ├── ConfigError          bad inventory, playbook, plan file or CLI input (exit 2, nothing touched)
      ├── TransportError       SSH could not connect, authenticate, or a remote command failed
      │    ├── HostKeyError    unknown or changed host key (never auto-accepted)
+     │    ├── AuthError       the host refused our credentials
      │    └── CommandError    a remote command exited non-zero; carries the command, rc and stderr
      ├── ValidationError      a candidate configuration failed validation on the host
      ├── LockError            another run holds the host's lock
      ├── BackupError          a backup copy is missing or does not match its manifest
+     │    └── NoBackupError   the run has no backup of this host at all (neither copy, nor a manifest)
+     ├── DriverError          no driver can work this host (its MTA is not supported yet, or not found)
      ├── LabError             the local lab cannot be built or torn down
-     └── ProbeError           an SMTP session could not be opened or continued (defined in `remediate.smtp`)
+     │    └── LabSetupError   the machine cannot run the lab (not root, packages missing): a usage problem
+     └── ProbeError           an SMTP session could not be opened or continued
           ├── ProbeDropped    the server closed the connection, or a send failed
           ├── ProbeTimeout    no complete reply (or connection) within the timeout
           └── ProbeProtocolError  a reply that is not SMTP
 
 The probe's errors stay inside it: `probe`/`simulate` catch them and record them in the result.
-Exit codes are mapped in one place, the CLI.
+Callers branch on these types, never on message text. Exit codes are mapped in one place,
+`remediate.cli.exit_code`.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class HostKeyError(TransportError):
     """The host key is unknown or does not match known_hosts."""
 
 
+class AuthError(TransportError):
+    """The host refused to authenticate us (wrong user or key)."""
+
+
 class CommandError(TransportError):
     """A remote command failed; the message names host, command, exit status and stderr."""
 
@@ -69,5 +78,33 @@ class BackupError(RemediateError):
     """A backup is missing, incomplete or corrupt."""
 
 
+class NoBackupError(BackupError):
+    """There is no backup of the requested run for this host, neither locally nor on the host."""
+
+
+class DriverError(RemediateError):
+    """No driver can work this host: its MTA has no driver yet, or no known MTA was found on it."""
+
+
 class LabError(RemediateError):
     """The lab cannot be set up or torn down."""
+
+
+class LabSetupError(LabError):
+    """This machine cannot run the lab (not root, system packages missing): fix the machine, then retry."""
+
+
+class ProbeError(RemediateError):
+    """An SMTP session could not be opened or continued."""
+
+
+class ProbeDropped(ProbeError):
+    """The server closed the connection, or writing to it failed."""
+
+
+class ProbeTimeout(ProbeError):
+    """No complete reply (or connection) within the timeout."""
+
+
+class ProbeProtocolError(ProbeError):
+    """The server sent something that is not an SMTP reply."""

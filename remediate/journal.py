@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("started", "locked", "backed_up", "written", "validated", "reloaded", "verified", "rolled_back",
-          "restored", "failed", "done")
+from remediate.model import Phase
 
 
 class Journal:
@@ -48,10 +47,10 @@ class Journal:
                       "inventory": os.path.abspath(inventory), "hosts": hosts, "pid": os.getpid(),
                       "orchestrator": socket.gethostname()})
 
-    def record(self, host: str, phase: str, **detail: Any) -> None:
-        assert phase in PHASES, phase
-        self._append({"event": "phase", "host": host, "phase": phase, **detail})
-        _injected_fault(host, phase)
+    def record(self, host: str, phase: Phase, **detail: Any) -> None:
+        """Append (and fsync) that `host` reached `phase`, with `detail` (JSON-serialisable)."""
+        self._append({"event": "phase", "host": host, "phase": Phase(phase).value, **detail})
+        _injected_fault(host, Phase(phase).value)
 
     def finish(self) -> None:
         self._append({"event": "run_finished"})

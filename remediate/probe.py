@@ -4,12 +4,13 @@ Two ways in, one result type:
 
 - `probe(address, port)` talks to a live MTA from outside: EHLO (and EHLO again after STARTTLS), the two-step
   `AUTH ANONYMOUS` when advertised, nmap's 16 relay forms, and a local-delivery check.
-- `simulate(stream)` runs one session over an open stream to Postfix `smtpd -S` (XCLIENT makes it see an
-  outside client), which is how a candidate config is tried before it goes live.
+- `simulate(stream)` runs one session over an open stream to an MTA's own test session, started by its
+  driver against a candidate configuration (with `xclient_addr`, XCLIENT makes the MTA see an outside
+  client; without it, the driver's session already poses as one), which is how a candidate config is tried
+  before it goes live.
 
 `judge(result)` (in `remediate.verdict`) turns a `ProbeResult` into a `Verdict`. The wire (`SmtpSession`,
-`Reply`, the `ProbeError` tree) lives in `remediate.smtp`. The names callers use from either module are
-re-exported here (`__all__`), so `from remediate.probe import ...` keeps working.
+`Reply`) and the result types (`ProbeResult`, `RelayAttempt`) live in `remediate.smtp`.
 
 Guarantees: DATA and BDAT are never sent (`SmtpSession.command` refuses them), every transaction is ended by
 RSET or QUIT, every read returns or fails within `timeout`, and nothing here logs: everything is returned.
@@ -23,13 +24,12 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from remediate.errors import ProbeDropped, ProbeError
 from remediate.smtp import (
     Capabilities,
     Connect,
-    ProbeDropped,
-    ProbeError,
-    ProbeProtocolError,
-    ProbeTimeout,
+    ProbeResult,
+    RelayAttempt,
     Reply,
     SmtpSession,
     Stream,
@@ -39,56 +39,9 @@ from remediate.smtp import (
     scanner_tls_context,
     server_name,
 )
-from remediate.verdict import ANONYMOUS_AUTH, OPEN_RELAY, Status, Verdict, judge
-
-__all__ = [
-    "ANONYMOUS_AUTH", "OPEN_RELAY", "Capabilities", "Connect", "ProbeDropped", "ProbeError", "ProbeProtocolError",
-    "ProbeResult", "ProbeTimeout", "RelayAttempt", "Reply", "SmtpSession", "Status", "Stream", "Verdict",
-    "judge", "parse_ehlo", "probe", "relay_forms", "simulate",
-]
 
 SENDER, RECIPIENT = "antispam", "relaytest"  # nmap's F and T
 _MAX_STRIKES = 2
-
-
-@dataclass(frozen=True, slots=True)
-class RelayAttempt:
-    """One MAIL/RCPT pair. `form` is the nmap test number (0 = local or anonymous check)."""
-
-    mail_from: str
-    rcpt_to: str
-    mail_reply: Reply | None
-    rcpt_reply: Reply | None
-    dropped: bool
-    form: int = 0
-
-    @property
-    def accepted(self) -> bool:
-        return (self.mail_reply is not None and self.mail_reply.klass == 2
-                and self.rcpt_reply is not None and self.rcpt_reply.code in (250, 251))
-
-    def __str__(self) -> str:
-        return f"MAIL FROM:<{self.mail_from}> -> RCPT TO:<{self.rcpt_to}>"
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """Everything one probe or simulation saw; `errors` names what kept it from finishing."""
-
-    address: str
-    port: int
-    banner: Reply | None = None
-    source_address: str | None = None
-    ehlo_auth: tuple[str, ...] = ()
-    tls_offered: bool = False
-    tls_auth: tuple[str, ...] | None = None
-    anonymous_attempt: Reply | None = None
-    relay_attempts: tuple[RelayAttempt, ...] = ()
-    local_attempt: RelayAttempt | None = None
-    errors: tuple[str, ...] = ()
-    anonymous_relay: RelayAttempt | None = None  # form 2 tried after a 235 to AUTH ANONYMOUS
-    reconnects: int = 0  # relay sessions reopened after a drop or 421
-    ehlo: Reply | None = None  # the plaintext EHLO (or HELO) reply
 
 
 _FORMS = (  # nmap smtp-open-relay.nse, in its order: (number, MAIL FROM, RCPT TO)
@@ -208,7 +161,7 @@ class _Link:
                 with contextlib.suppress(ProbeError):
                     session.rset()
                 # e.g. Exim's farewell after 3 syntax errors; reopened when needed. Sessions are also
-                # rotated before an MTA's error tarpit starts (Postfix sleeps 1 s per error past 10).
+                # rotated before an MTA's error tarpit starts (one MTA we know sleeps 1 s per error past the tenth).
                 if session.broken or self.used % _ROTATE_AFTER == 0:
                     self.close()
                 return attempt
@@ -307,14 +260,16 @@ def _endpoint(stream: Stream, method: str) -> str | None:
         return None
 
 
-def simulate(stream: Stream, *, xclient_addr: str = "203.0.113.9",
+def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
              probe_domain: str = "relaytest.example.net", local_domain: str | None = None,
              helo: str = "probe.remediate.example", timeout: float = 10.0) -> ProbeResult:
-    """One session over `stream` to Postfix `smtpd -S`, posing as `xclient_addr` via XCLIENT.
+    """One session over `stream` to an MTA's test session against a candidate configuration.
 
-    Relay forms run only after XCLIENT was accepted (otherwise the client is localhost, which proves
-    nothing); they run before AUTH ANONYMOUS so an accepted login cannot colour them. A drop ends the
-    session with an error; there is no reconnect. No STARTTLS (the stream is a pipe): `tls_auth` stays None.
+    With `xclient_addr`, the session poses as that outside address via XCLIENT and the relay forms run
+    only after XCLIENT was accepted (otherwise the client is localhost, which proves nothing); without
+    it, the driver started a session that already sees an outside client. The forms run before AUTH
+    ANONYMOUS so an accepted login cannot colour them. A drop ends the session with an error; there is
+    no reconnect. No STARTTLS (the stream is a pipe): `tls_auth` stays None.
     """
     check_names(probe_domain=probe_domain, local_domain=local_domain, helo=helo)
     session, errors = SmtpSession(stream, timeout=timeout), []
@@ -327,13 +282,14 @@ def simulate(stream: Stream, *, xclient_addr: str = "203.0.113.9",
             raise ProbeError(f"server refused the session: {banner}")
         ehlo = _hello(session, helo)
         caps = parse_ehlo(ehlo)
-        if not caps.xclient:
-            raise ProbeError("XCLIENT is not offered, so the session counts as localhost; relay not tested")
-        reply = session.command(f"XCLIENT ADDR={xclient_addr} NAME=[UNAVAILABLE]")
-        if reply.code != 220:
-            raise ProbeError(f"XCLIENT refused ({reply}); relay not tested from a simulated outside client")
-        ehlo = _hello(session, helo)
-        caps = parse_ehlo(ehlo)
+        if xclient_addr is not None:
+            if not caps.xclient:
+                raise ProbeError("XCLIENT is not offered, so the session counts as localhost; relay not tested")
+            reply = session.command(f"XCLIENT ADDR={xclient_addr} NAME=[UNAVAILABLE]")
+            if reply.code != 220:
+                raise ProbeError(f"XCLIENT refused ({reply}); relay not tested from a simulated outside client")
+            ehlo = _hello(session, helo)
+            caps = parse_ehlo(ehlo)
         srv = server_name(banner, caps, "localhost")
         for form, mail_from, rcpt_to in relay_forms(probe_domain, srv, None):
             attempts.append(_try_relay(session, form, mail_from, rcpt_to))
@@ -351,5 +307,5 @@ def simulate(stream: Stream, *, xclient_addr: str = "203.0.113.9",
         errors.append(str(exc))
     finally:
         session.quit()
-    return ProbeResult("smtpd -S", 0, banner, xclient_addr, caps.auth, caps.starttls, None, anonymous,
+    return ProbeResult("simulation", 0, banner, xclient_addr, caps.auth, caps.starttls, None, anonymous,
                        tuple(attempts), local, tuple(errors), anon_relay, 0, ehlo)

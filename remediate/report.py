@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from remediate.results import OK_STATUSES, HostResult, RunResult, Status
+from remediate.model import OK_STATUSES, HostResult, RunResult, Status
 
 STYLE = {Status.SECURE: "green", Status.COMPLIANT: "green", Status.UNCHANGED: "green",
          Status.CHANGED: "yellow", Status.WOULD_CHANGE: "yellow", Status.RESTORED: "yellow",
@@ -30,10 +30,10 @@ def _one_line(h: HostResult) -> str:
     if h.error:
         text = h.error
     elif h.status in (Status.VULNERABLE, Status.WOULD_CHANGE) and h.findings_before:
-        config = [f.detail for f in h.findings_before if f.source == "config"]
-        text = config[0] if config else h.findings_before[0].detail
+        config = [f.text for f in h.findings_before if f.source == "config"]
+        text = config[0] if config else h.findings_before[0].text
     else:
-        text = (h.notes[0] if h.notes else "") or (h.findings_before[0].detail if h.findings_before else "")
+        text = (h.notes[0] if h.notes else "") or (h.findings_before[0].text if h.findings_before else "")
     return text if len(text) <= 110 else text[:107] + "..."
 
 
@@ -61,7 +61,7 @@ def render(run: RunResult, console: Console, *, show_diffs: bool = False,
     for h in shown:
         console.print(f"[bold]{h.name}[/]:", highlight=False)
         for f in h.findings_before:
-            console.print(f"  - {f.code} ({f.source}): {f.detail}", highlight=False, markup=False)
+            console.print(f"  - {f.code} ({f.source}): {f.text}", highlight=False, markup=False)
         if h.status is Status.INCONCLUSIVE:
             for note in h.notes:
                 console.print(f"  - {note}", highlight=False, markup=False)

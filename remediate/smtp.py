@@ -1,18 +1,15 @@
 """The SMTP wire: one client-side dialogue over a stream, its replies, and how they fail.
 
 `SmtpSession` speaks the client side of RFC 5321 over any `Stream` (a socket, an SSL socket or a paramiko
-Channel); `Reply` is one whole reply; `parse_ehlo` reads the EHLO keywords into `Capabilities`. The probe
-(`remediate.probe`) builds its procedures on these; nothing here decides what a reply means.
+Channel); `Reply` is one whole reply; `parse_ehlo` reads the EHLO keywords into `Capabilities`;
+`RelayAttempt` and `ProbeResult` record what a session saw. The probe (`remediate.probe`) builds its
+procedures on these and the verdict (`remediate.verdict`) judges them; nothing here decides what a reply
+means.
 
 Guarantees: DATA and BDAT are never sent (`SmtpSession.command` refuses them, and any command with a line
 break), every read returns or fails within `timeout`, bytes buffered before a STARTTLS handshake are
-discarded, and nothing here logs. Failures raise:
-
-    RemediateError
-     └── ProbeError            connect, TLS or banner failure
-          ├── ProbeDropped     the server closed the connection (or a send failed)
-          ├── ProbeTimeout     no complete reply within the timeout
-          └── ProbeProtocolError  a reply that is not SMTP
+discarded, and nothing here logs. Failures raise the `ProbeError` family of `remediate.errors`
+(`ProbeDropped`, `ProbeTimeout`, `ProbeProtocolError`).
 """
 
 from __future__ import annotations
@@ -27,29 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from remediate.errors import RemediateError
+from remediate.errors import ProbeDropped, ProbeError, ProbeProtocolError, ProbeTimeout
 
 _MAX_LINE, _MAX_LINES = 4096, 64
 _REPLY_LINE = re.compile(r"([2-5][0-9]{2})(?:([ -])(.*))?")
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s|$)")
 _SRV = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]*)")  # nmap: %d+%s([%w]+[%w%.-]*)
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
-
-
-class ProbeError(RemediateError):
-    """An SMTP session could not be opened or continued."""
-
-
-class ProbeDropped(ProbeError):
-    """The server closed the connection, or writing to it failed."""
-
-
-class ProbeTimeout(ProbeError):
-    """No complete reply (or connection) within the timeout."""
-
-
-class ProbeProtocolError(ProbeError):
-    """The server sent something that is not an SMTP reply."""
 
 
 class Stream(Protocol):
@@ -263,3 +244,43 @@ def default_connect(source_address: str | None) -> Connect:
         source = (source_address, 0) if source_address else None
         return socket.create_connection((address, port), timeout, source)
     return connect
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAttempt:
+    """One MAIL/RCPT pair. `form` is the nmap test number (0 = local or anonymous check)."""
+
+    mail_from: str
+    rcpt_to: str
+    mail_reply: Reply | None
+    rcpt_reply: Reply | None
+    dropped: bool
+    form: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        return (self.mail_reply is not None and self.mail_reply.klass == 2
+                and self.rcpt_reply is not None and self.rcpt_reply.code in (250, 251))
+
+    def __str__(self) -> str:
+        return f"MAIL FROM:<{self.mail_from}> -> RCPT TO:<{self.rcpt_to}>"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Everything one probe or simulation saw; `errors` names what kept it from finishing."""
+
+    address: str
+    port: int
+    banner: Reply | None = None
+    source_address: str | None = None
+    ehlo_auth: tuple[str, ...] = ()
+    tls_offered: bool = False
+    tls_auth: tuple[str, ...] | None = None
+    anonymous_attempt: Reply | None = None
+    relay_attempts: tuple[RelayAttempt, ...] = ()
+    local_attempt: RelayAttempt | None = None
+    errors: tuple[str, ...] = ()
+    anonymous_relay: RelayAttempt | None = None  # form 2 tried after a 235 to AUTH ANONYMOUS
+    reconnects: int = 0  # relay sessions reopened after a drop or 421
+    ehlo: Reply | None = None  # the plaintext EHLO (or HELO) reply

@@ -1,9 +1,10 @@
-"""SSH to one host: connect (host keys always checked), run quoted commands, read, write atomically.
+"""SSH to one host: connect (host keys always checked), run quoted argument vectors, open streams.
 
 One `Connection` per host, reused for every step, used as a context manager. Commands are argument
 lists joined with shlex quoting; `become` prefixes `sudo -n --`. Retries (tenacity) wrap connection
 set-up only, never a command. Low-level paramiko and socket errors are translated here, at one
-boundary, into TransportError / HostKeyError / CommandError.
+boundary, into TransportError / HostKeyError / AuthError / CommandError. Files and OS primitives are
+built on this by `remediate.shell`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,10 @@ from typing import Any
 import paramiko
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from remediate.errors import CommandError, HostKeyError, TransportError
+from remediate.errors import AuthError, CommandError, HostKeyError, TransportError
+from remediate.model import Host
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-
-# Written as one constant script; the path, mode and owner arrive as quoted positional arguments.
-ATOMIC_WRITE = (
-    'set -eu; d=$(dirname -- "$1"); tmp=$(mktemp -- "$1.remediate.XXXXXX"); '
-    'trap \'rm -f -- "$tmp"\' EXIT; cat > "$tmp"; chown -- "$3" "$tmp"; chmod -- "$2" "$tmp"; '
-    'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"'
-)
-CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +45,31 @@ class Result:
         return self.stderr.decode("utf-8", "replace")
 
 
-@dataclass(frozen=True, slots=True)
-class FileStat:
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime: int
-    owner: str = ""
-    group: str = ""
-    mtime_ns: int = 0
-
-
 class _Transient(Exception):
     """A connect failure worth retrying (refused, timed out, reset)."""
+
+
+class _Refuse(paramiko.MissingHostKeyPolicy):
+    """Refuse every key known_hosts does not hold, with our own error (never a message to parse)."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        known = self.host.connection.known_hosts
+        raise HostKeyError(
+            f"{self.host.name}: host key for {self.host.address} is unknown (not in {known} or "
+            f"{SYSTEM_KNOWN_HOSTS}); remediate never accepts keys on trust. Check `remediate hostkeys` out of "
+            f"band, then add it (`remediate hostkeys --write`, or ssh-keyscan {self.host.address} >> {known} "
+            "after checking the fingerprint)")
 
 
 class Connection:
     """An SSH connection to one inventory host. Connects lazily; close() or `with` releases it."""
 
-    def __init__(self, host: Any, *, retries: int = 3) -> None:
+    def __init__(self, host: Host, *, retries: int = 3) -> None:
         self.host = host
+        self.ssh = host.connection
         self.name: str = host.name
         self._retries = retries
         self._client: paramiko.SSHClient | None = None
@@ -102,22 +100,22 @@ class Connection:
         try:
             attempt()
         except _Transient as exc:
-            raise TransportError(f"{self.name}: cannot connect to {self.host.address}:{self.host.port} "
+            raise TransportError(f"{self.name}: cannot connect to {self.host.address}:{self.ssh.port} "
                                  f"after {self._retries} attempts: {exc}") from exc
 
     def _ssh_options(self) -> dict[str, Any]:
         """Merge ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump) under the inventory."""
-        opts: dict[str, Any] = {"hostname": self.host.address, "user": self.host.user,
-                                "port": self.host.port, "identityfile": None, "proxyjump": None}
-        cfg_path = Path(os.path.expanduser(self.host.ssh_config)) if self.host.ssh_config else None
+        opts: dict[str, Any] = {"hostname": self.host.address, "user": self.ssh.user,
+                                "port": self.ssh.port, "identityfile": None, "proxyjump": None}
+        cfg_path = Path(os.path.expanduser(self.ssh.ssh_config)) if self.ssh.ssh_config else None
         if cfg_path is not None and cfg_path.is_file():
             cfg = paramiko.SSHConfig.from_path(str(cfg_path)).lookup(self.host.address)
             opts["hostname"] = cfg.get("hostname", opts["hostname"])
             opts["proxyjump"] = cfg.get("proxyjump")
             if cfg.get("identityfile"):
                 opts["identityfile"] = os.path.expanduser(cfg["identityfile"][0])
-        if self.host.identity_file:
-            opts["identityfile"] = os.path.expanduser(self.host.identity_file)
+        if self.ssh.identity_file:
+            opts["identityfile"] = os.path.expanduser(self.ssh.identity_file)
         return opts
 
     def _connect_once(self) -> None:
@@ -125,34 +123,29 @@ class Connection:
         client = paramiko.SSHClient()
         if os.path.isfile(SYSTEM_KNOWN_HOSTS):
             client.load_system_host_keys(SYSTEM_KNOWN_HOSTS)
-        known = os.path.expanduser(self.host.known_hosts or "")
+        known = os.path.expanduser(self.ssh.known_hosts or "")
         if known and os.path.isfile(known):
             client.load_host_keys(known)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.set_missing_host_key_policy(_Refuse(self.host))
         sock = None
         if opts["proxyjump"] and opts["proxyjump"].lower() != "none":
             sock = self._open_jump(opts["proxyjump"], opts["hostname"], opts["port"])
-        passphrase = os.environ.get(self.host.password_env) if self.host.password_env else None
+        passphrase = os.environ.get(self.ssh.password_env) if self.ssh.password_env else None
+        timeout = self.ssh.connect_timeout
         try:
             client.connect(opts["hostname"], port=opts["port"], username=opts["user"],
                            key_filename=opts["identityfile"], passphrase=passphrase, sock=sock,
-                           timeout=self.host.connect_timeout, banner_timeout=self.host.connect_timeout,
-                           auth_timeout=self.host.connect_timeout, allow_agent=True, look_for_keys=True)
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, allow_agent=True,
+                           look_for_keys=True)
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
                 f"{self.name}: host key for {self.host.address} does NOT match known_hosts "
-                f"({self.host.known_hosts}); possible man-in-the-middle. Check the key out of band, then "
+                f"({self.ssh.known_hosts}); possible man-in-the-middle. Check the key out of band, then "
                 "fix known_hosts") from exc
+        except paramiko.AuthenticationException as exc:
+            raise AuthError(f"{self.name}: authentication as {opts['user']} failed "
+                            f"(key {opts['identityfile'] or 'from agent/defaults'})") from exc
         except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyError(
-                    f"{self.name}: host key for {self.host.address} is unknown (not in {self.host.known_hosts} "
-                    f"or {SYSTEM_KNOWN_HOSTS}); remediate never accepts keys on trust. Verify it and add it, "
-                    f"e.g. ssh-keyscan {self.host.address} >> {self.host.known_hosts} after checking the "
-                    "fingerprint") from exc
-            if isinstance(exc, paramiko.AuthenticationException):
-                raise TransportError(f"{self.name}: authentication as {opts['user']} failed "
-                                     f"(key {opts['identityfile'] or 'from agent/defaults'})") from exc
             raise _Transient(str(exc)) from exc
         except (OSError, EOFError) as exc:
             raise _Transient(str(exc) or type(exc).__name__) from exc
@@ -163,8 +156,8 @@ class Connection:
 
         user, _, rest = spec.rpartition("@")
         jhost, _, jport = rest.partition(":")
-        jump = replace(self.host, name=f"{self.name}(jump {jhost})", address=jhost,
-                       port=int(jport or 22), user=user or self.host.user, ssh_config=None)
+        ssh = replace(self.ssh, port=int(jport or 22), user=user or self.ssh.user, ssh_config=None)
+        jump = replace(self.host, name=f"{self.name}(jump {jhost})", address=jhost, connection=ssh)
         self._jump = Connection(jump, retries=1)
         self._jump.connect()
         assert self._jump._client is not None
@@ -182,7 +175,7 @@ class Connection:
     # ------------------------------------------------------------------ run
     def command_line(self, argv: list[str], *, privileged: bool = True) -> str:
         cmd = shlex.join(argv)
-        if privileged and self.host.become:
+        if privileged and self.ssh.become:
             cmd = "sudo -n -- " + cmd
         return cmd
 
@@ -191,7 +184,7 @@ class Connection:
         """Run argv on the host (through sudo when `become`). CommandError when check and rc != 0;
         TransportError when the connection drops or the command outlives `timeout` (default: the
         host's command_timeout)."""
-        timeout = timeout or self.host.command_timeout
+        timeout = timeout or self.ssh.command_timeout
         self.connect()
         assert self._client is not None
         cmd = self.command_line(argv, privileged=privileged)
@@ -214,7 +207,7 @@ class Connection:
         return result
 
     def open_stream(self, argv: list[str], timeout: float = 30.0) -> paramiko.Channel:
-        """Start argv with its stdin/stdout as an interactive byte stream (e.g. `smtpd -S`)."""
+        """Start argv with its stdin/stdout as an interactive byte stream (an MTA's own SMTP test session)."""
         self.connect()
         assert self._client is not None
         chan = self._client.get_transport().open_session(timeout=timeout)  # type: ignore[union-attr]
@@ -222,31 +215,36 @@ class Connection:
         chan.exec_command(self.command_line(argv))
         return chan
 
-    # ------------------------------------------------------------------ files
-    def read_file(self, path: str) -> bytes:
-        return self.run(["cat", "--", path]).stdout
 
-    def exists(self, path: str) -> bool:
-        return self.run(["test", "-e", path], check=False).rc == 0
+class Local:
+    """Runs argument vectors on this machine (no SSH, no become), with the same `run`/`open_stream` shape as
+    `Connection`: for a shell whose host is this machine, and for tests of the shell's own commands."""
 
-    def stat(self, path: str) -> FileStat:
-        out = self.run(["stat", "-c", "%a %u %g %s %.9Y %U %G", "--", path]).out.split()
-        sec, _, frac = out[4].partition(".")
-        return FileStat(int(out[0], 8), int(out[1]), int(out[2]), int(out[3]), int(sec), out[5], out[6],
-                        int(sec) * 10**9 + int((frac or "0").ljust(9, "0")[:9]))
+    peer_fingerprint = None
 
-    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int) -> None:
-        """Replace `path` with `data`: temp file in the same directory, fsync, chmod/chown, rename."""
-        self.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}"], input=data)
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.name = host.name
 
-    def create_exclusive(self, path: str, data: bytes) -> bool:
-        """Create `path` (mode 0600) only if it does not exist; False when it already existed."""
-        result = self.run(["sh", "-c", CREATE_EXCLUSIVE, "sh", path], input=data, check=False)
-        if result.rc == 0:
-            return True
-        if self.exists(path):
-            return False
-        raise CommandError(self.name, result.command, result.rc, result.err)
+    def connect(self) -> None:
+        """Nothing to open."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
+            timeout: float | None = None, privileged: bool = True) -> Result:
+        import subprocess
+
+        proc = subprocess.run(argv, input=input or b"", capture_output=True,
+                              timeout=timeout or self.host.connection.command_timeout, check=False)
+        result = Result(shlex.join(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise CommandError(self.name, result.command, proc.returncode, result.err)
+        return result
+
+    def open_stream(self, argv: list[str], timeout: float = 30.0) -> Any:
+        raise TransportError(f"{self.name}: a local shell opens no streams")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -268,27 +266,29 @@ class HostKeyCheck:
         return f"{self.key.get_name()} {self.key.get_base64()}"
 
 
-def check_host_key(host: Any) -> HostKeyCheck:
+def check_host_key(host: Host) -> HostKeyCheck:
     """Fetch the key the host offers (key exchange only, no authentication) and compare it with the system
     and inventory known_hosts. Nothing is written; TransportError when the host cannot be reached."""
     sock = None
     try:
-        sock = socket.create_connection((host.address, host.port), timeout=host.connect_timeout)
+        ssh = host.connection
+        sock = socket.create_connection((host.address, ssh.port), timeout=ssh.connect_timeout)
         transport = paramiko.Transport(sock)
         try:
-            transport.start_client(timeout=host.connect_timeout)
+            transport.start_client(timeout=ssh.connect_timeout)
             key = transport.get_remote_server_key()
         finally:
             transport.close()
     except (OSError, paramiko.SSHException, EOFError) as exc:
         if sock is not None:
             sock.close()
-        raise TransportError(f"{host.name}: cannot reach {host.address}:{host.port} for its host key: {exc}") from exc
+        raise TransportError(f"{host.name}: cannot reach {host.address}:{host.connection.port} for its host key: "
+                             f"{exc}") from exc
     known_keys = paramiko.HostKeys()
-    for path in (SYSTEM_KNOWN_HOSTS, os.path.expanduser(host.known_hosts or "")):
+    for path in (SYSTEM_KNOWN_HOSTS, os.path.expanduser(host.connection.known_hosts or "")):
         if path and os.path.isfile(path):
             known_keys.load(path)
-    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    name = known_hosts_name(host)
     entry = known_keys.lookup(name) or {}
     known = tuple(fingerprint(k) for k in entry.values())
     if key.get_name() in entry:
@@ -296,6 +296,12 @@ def check_host_key(host: Any) -> HostKeyCheck:
     else:
         state = "changed" if known else "unknown"
     return HostKeyCheck(state, key, known)
+
+
+def known_hosts_name(host: Host) -> str:
+    """How known_hosts names the host: its address, or `[address]:port` off port 22."""
+    port = host.connection.port
+    return host.address if port == 22 else f"[{host.address}]:{port}"
 
 
 def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:

@@ -1,40 +1,38 @@
 """The verdict on what a probe saw: secure, vulnerable or inconclusive, with the reasons.
 
-`judge(result)` turns a `ProbeResult` (from `remediate.probe`) into a `Verdict`, decided from reply
-*classes* and enhanced status codes, never reply strings. Pure: no I/O, no logging. Findings are
-`open_relay` and `anonymous_auth`; anything that could not be proven keeps a host from being secure.
+`judge(result)` turns a `ProbeResult` (from `remediate.smtp`, filled by `remediate.probe`) into a
+`Verdict`, decided from reply *classes* and enhanced status codes, never reply strings. Pure: no I/O, no
+logging. Findings are `open_relay` and `anonymous_auth`, each carrying its own evidence; anything that
+could not be proven keeps a host from being secure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
-from remediate.smtp import Reply
-
-if TYPE_CHECKING:  # types only: remediate.probe imports this module to re-export it; no runtime cycle
-    from remediate.probe import ProbeResult, RelayAttempt
+from remediate.model import Finding, Status
+from remediate.smtp import ProbeResult, RelayAttempt, Reply
 
 OPEN_RELAY = "open_relay"
 ANONYMOUS_AUTH = "anonymous_auth"
 
 
-class Status(StrEnum):
-    SECURE = "secure"
-    VULNERABLE = "vulnerable"
-    INCONCLUSIVE = "inconclusive"
-
-
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """`status` is secure, vulnerable or inconclusive; `findings` carry their own evidence; `reasons`
+    are every sentence behind the verdict (findings first, then doubts, then what was proven)."""
+
     status: Status
-    findings: tuple[str, ...]
+    findings: tuple[Finding, ...]
     reasons: tuple[str, ...]
     local_ok: bool | None
 
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(f.code for f in self.findings)
 
-def _classify(attempt: RelayAttempt, defer_configured: bool) -> tuple[bool, str, Reply | None]:
+
+def _classify(attempt: RelayAttempt, deferral_refuses: bool) -> tuple[bool, str, Reply | None]:
     """(refused, why, deciding reply) for an attempt that was not accepted; decided on reply classes only."""
     mail, rcpt = attempt.mail_reply, attempt.rcpt_reply
     if attempt.dropped or mail is None:
@@ -49,9 +47,9 @@ def _classify(attempt: RelayAttempt, defer_configured: bool) -> tuple[bool, str,
         return False, "no RCPT reply", None
     if rcpt.klass == 5:
         return True, "RCPT refused", rcpt
-    if rcpt.klass == 4 and defer_configured and (rcpt.enhanced == "4.7.1"
-                                                  or (rcpt.code == 454 and rcpt.enhanced is None)):
-        return True, "RCPT deferred, counted as refused because the host uses defer_unauth_destination", rcpt
+    if rcpt.klass == 4 and deferral_refuses and (rcpt.enhanced == "4.7.1"
+                                                 or (rcpt.code == 454 and rcpt.enhanced is None)):
+        return True, "RCPT deferred, counted as refused because the host is configured to defer relay", rcpt
     return False, "RCPT got a reply that proves nothing", rcpt
 
 
@@ -67,67 +65,25 @@ def _forms(numbers: list[int]) -> str:
     return ("form " if len(numbers) == 1 else "forms ") + text
 
 
-def judge(result: ProbeResult, *, defer_configured: bool = False, orchestrator_trusted: bool = False,
-          expect_local: str = "accept") -> Verdict:
-    """Vulnerable if any finding; else inconclusive if anything could not be proven; else secure.
-
-    Drops, timeouts, 4xx (except a 4.7.1 deferral when `defer_configured`), a missing banner and any
-    recorded error are never secure. Raises ValueError for an unknown `expect_local`.
-    """
-    if expect_local not in ("accept", "refuse"):
-        raise ValueError(f"expect_local must be 'accept' or 'refuse', not {expect_local!r}")
-    findings: list[str] = []
-    found: list[str] = []  # why each finding
-    doubts: list[str] = []  # what keeps it from being secure
-    facts: list[str] = []  # what was proven
-    if result.banner is None:
-        doubts.append(f"no SMTP banner from {result.address}:{result.port}")
-    doubts += [f"probe error: {error}" for error in result.errors]
-
+def _judge_anonymous(result: ProbeResult, evidence: dict[str, list[str]], facts: list[str]) -> None:
+    """ANONYMOUS advertised (plain or after STARTTLS) is the finding Nessus 54581 reports."""
     where = [w for w, mechs in (("in plaintext", result.ehlo_auth), ("after STARTTLS", result.tls_auth or ()))
              if "ANONYMOUS" in mechs]
     if where:
-        findings.append(ANONYMOUS_AUTH)
         tried = result.anonymous_attempt
         outcome = ("the attempt did not complete" if tried is None else
                    f"AUTH ANONYMOUS was {'accepted' if tried.code == 235 else 'refused'} ({tried})")
-        found.append(f"ANONYMOUS is advertised {' and '.join(where)} (what Nessus 54581 flags); {outcome}")
+        evidence[ANONYMOUS_AUTH] = [f"ANONYMOUS is advertised {' and '.join(where)} (what Nessus 54581 flags); "
+                                    f"{outcome}"]
     elif result.ehlo is not None:
         checked = "in plaintext" + (" or after STARTTLS" if result.tls_auth is not None else "")
         skipped = result.tls_offered and result.tls_auth is None
         unchecked = "; after STARTTLS was not checked" if skipped else ""
         facts.append(f"ANONYMOUS is not advertised {checked}{unchecked}")
 
-    attempts = result.relay_attempts
-    accepted = [a for a in attempts if a.accepted]
-    if accepted:
-        findings.append(OPEN_RELAY)
-        listed = _forms([a.form for a in accepted])
-        found.append(f"relay accepted for {len(accepted)} of {len(attempts)} tests ({listed}), "
-                     f"e.g. {accepted[0]} ({accepted[0].rcpt_reply})")
-    if result.anonymous_relay is not None and result.anonymous_relay.accepted:
-        findings += [] if OPEN_RELAY in findings else [OPEN_RELAY]
-        found.append(f"relay accepted after AUTH ANONYMOUS: {result.anonymous_relay}")
-    groups: dict[tuple[bool, str, int, str | None], tuple[list[int], Reply | None]] = {}
-    for attempt in attempts:  # grouped by outcome and reply code, one example reply each
-        if not attempt.accepted:
-            refused, why, decisive = _classify(attempt, defer_configured)
-            key = (refused, why, decisive.code if decisive else 0, decisive.enhanced if decisive else None)
-            groups.setdefault(key, ([], decisive))[0].append(attempt.form)
-    for (refused, why, *_), (numbers, example) in groups.items():
-        example_text = f" ({example})" if example else ""
-        (facts if refused else doubts).append(f"{_forms(numbers)}: {why}{example_text}")
-    if not attempts:
-        doubts.append("no relay test was run")
-    elif all(a.mail_reply and a.mail_reply.klass == 5 and a.mail_reply.code != 530 for a in attempts):
-        doubts.append("every MAIL FROM was refused, so no recipient was ever tested")
-    if orchestrator_trusted:  # the host relays for us by design: an accepted relay proves nothing either
-        if OPEN_RELAY in findings:
-            findings.remove(OPEN_RELAY)
-            found = [f for f in found if not f.startswith("relay accepted")]
-        doubts.append(f"probe source {result.source_address or 'unknown'} is in the host's trusted networks; "
-                      "relay results from here prove nothing (probe from outside them)")
 
+def _judge_local(result: ProbeResult, expect_local: str, facts: list[str], doubts: list[str]) -> bool | None:
+    """Whether mail for the host's own domain was treated as the policy wants (None: not checked)."""
     local_ok, local = None, result.local_attempt
     if local is not None:
         domain = local.rcpt_to.rpartition("@")[2]
@@ -141,6 +97,88 @@ def judge(result: ProbeResult, *, defer_configured: bool = False, orchestrator_t
             facts.append(f"unauthenticated mail for {domain} is refused, as the policy requires ({reply})")
         else:
             doubts.append(f"unauthenticated mail for {domain} was not refused as policy requires ({reply})")
+    return local_ok
 
-    status = Status.VULNERABLE if findings else Status.INCONCLUSIVE if doubts else Status.SECURE
-    return Verdict(status, tuple(findings), tuple(found + doubts + facts), local_ok)
+
+def _discount_relay(result: ProbeResult, evidence: dict[str, list[str]], doubts: list[str], trusted: bool,
+                    served: tuple[str, str] | None) -> None:
+    """Relay results that prove nothing: from a network the host trusts, or to a domain it serves."""
+    if trusted:  # the host relays for us by design: an accepted relay proves nothing either
+        evidence.pop(OPEN_RELAY, None)
+        doubts.append(f"probe source {result.source_address or 'unknown'} is in the host's trusted networks; "
+                      "relay results from here prove nothing (probe from outside them)")
+    if served:  # a relay "accepted" to a domain the host is meant to take mail for proves nothing
+        domain, listed_in = served
+        doubts += evidence.pop(OPEN_RELAY, []) + [
+            f"probe domain {domain} is in the host's {listed_in}, so relay tests to it prove nothing; set "
+            "probe_domain to a domain this host does not serve"]
+
+
+def judge(result: ProbeResult, *, deferral_refuses: bool = False, orchestrator_trusted: bool = False,
+          expect_local: str = "accept", served: tuple[str, str] | None = None, source: str = "probe") -> Verdict:
+    """Vulnerable if any finding; else inconclusive if anything could not be proven; else secure.
+
+    Drops, timeouts, 4xx (except a 4.7.1 deferral when `deferral_refuses`, which the driver sets when the
+    host is configured to defer unauthorised relay), a missing banner and any recorded error are never
+    secure. `orchestrator_trusted` (the probe came from a network the host is meant to trust) and
+    `served` (the probe's "foreign" domain and the name of the host's list that covers it) make relay
+    results prove nothing. Findings are labelled `source`. Raises ValueError for an unknown
+    `expect_local`.
+    """
+    if expect_local not in ("accept", "refuse"):
+        raise ValueError(f"expect_local must be 'accept' or 'refuse', not {expect_local!r}")
+    evidence: dict[str, list[str]] = {}  # finding code -> why
+    doubts: list[str] = []  # what keeps it from being secure
+    facts: list[str] = []  # what was proven
+    if result.banner is None:
+        doubts.append(f"no SMTP banner from {result.address}:{result.port}")
+    doubts += [f"probe error: {error}" for error in result.errors]
+
+    _judge_anonymous(result, evidence, facts)
+
+    attempts = result.relay_attempts
+    accepted = [a for a in attempts if a.accepted]
+    if accepted:
+        listed = _forms([a.form for a in accepted])
+        evidence.setdefault(OPEN_RELAY, []).append(
+            f"relay accepted for {len(accepted)} of {len(attempts)} tests ({listed}), "
+            f"e.g. {accepted[0]} ({accepted[0].rcpt_reply})")
+    if result.anonymous_relay is not None and result.anonymous_relay.accepted:
+        evidence.setdefault(OPEN_RELAY, []).append(f"relay accepted after AUTH ANONYMOUS: {result.anonymous_relay}")
+    groups: dict[tuple[bool, str, int, str | None], tuple[list[int], Reply | None]] = {}
+    for attempt in attempts:  # grouped by outcome and reply code, one example reply each
+        if not attempt.accepted:
+            refused, why, decisive = _classify(attempt, deferral_refuses)
+            key = (refused, why, decisive.code if decisive else 0, decisive.enhanced if decisive else None)
+            groups.setdefault(key, ([], decisive))[0].append(attempt.form)
+    for (refused, why, *_), (numbers, example) in groups.items():
+        example_text = f" ({example})" if example else ""
+        (facts if refused else doubts).append(f"{_forms(numbers)}: {why}{example_text}")
+    if not attempts:
+        doubts.append("no relay test was run")
+    elif all(a.mail_reply and a.mail_reply.klass == 5 and a.mail_reply.code != 530 for a in attempts):
+        doubts.append("every MAIL FROM was refused, so no recipient was ever tested")
+    _discount_relay(result, evidence, doubts, orchestrator_trusted, served)
+
+    local_ok = _judge_local(result, expect_local, facts, doubts)
+
+    status = Status.VULNERABLE if evidence else Status.INCONCLUSIVE if doubts else Status.SECURE
+    findings = tuple(Finding(code, "; ".join(why), source) for code, why in evidence.items())
+    found = [why for whys in evidence.values() for why in whys]
+    return Verdict(status, findings, tuple(found + doubts + facts), local_ok)
+
+
+def describe(result: ProbeResult, verdict: Verdict) -> str:
+    """One short paragraph: what a simulated (or real) session saw and concluded."""
+    refused = [a for a in result.relay_attempts if not a.accepted]
+    parts = [f"verdict {verdict.status}"]
+    if result.relay_attempts:
+        parts.append(f"foreign RCPT refused {len(refused)}/{len(result.relay_attempts)}"
+                     + (f" ({refused[0].rcpt_reply})" if refused and refused[0].rcpt_reply else ""))
+    if result.local_attempt is not None:
+        parts.append(f"local RCPT {result.local_attempt.rcpt_reply}")
+    auth = sorted(set(result.ehlo_auth) | set(result.tls_auth or ()))
+    parts.append("AUTH " + (" ".join(auth) if auth else "not offered"))
+    if verdict.status != Status.SECURE:
+        parts += list(verdict.reasons)
+    return "; ".join(parts)

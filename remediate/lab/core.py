@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from remediate.errors import LabError
+from remediate.errors import LabError, LabSetupError
 from remediate.lab import net
 from remediate.lab.scenarios import SCENARIOS, scenario_files
 
@@ -146,10 +146,10 @@ class Lab:
         also = (f"; it also needs these packages: {', '.join(missing)} (`sudo scripts/setup-system.sh` "
                 "installs them)") if missing else ""
         if os.geteuid() != 0:
-            raise LabError("the lab needs root (it creates network namespaces and mounts); run it as root"
+            raise LabSetupError("the lab needs root (it creates network namespaces and mounts); run it as root"
                            + also)
         if missing:
-            raise LabError("missing system packages: " + ", ".join(missing)
+            raise LabSetupError("missing system packages: " + ", ".join(missing)
                            + "; run `sudo scripts/setup-system.sh` to install them")
         if self.state_file.exists():
             raise LabError(f"a lab is already up (state in {self.state_dir}); run `remediate lab down` first")

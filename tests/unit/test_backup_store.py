@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remediate.backup import FileRecord, Manifest, sha256
-from remediate.backups import Backups, CopyState, plan_prune, referenced_runs, valid_run_id
+from remediate.backup.housekeeping import Backups, CopyState, plan_prune, referenced_runs, valid_run_id
 from remediate.errors import BackupError
 from remediate.journal import Journal, list_runs
-from remediate.results import new_run_id
+from remediate.model import new_run_id
 
 RUN_A, RUN_B, RUN_C = "20261128T204700Z-3f9a", "20261129T080000Z-0001", "20261130T120000Z-beef"
 MAIN_CF = b"mynetworks = 0.0.0.0/0\n"

@@ -6,8 +6,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from remediate.orchestrator import run_fleet
-from remediate.results import HostResult, Status
+from remediate.fleet import run_fleet
+from remediate.model import HostResult, Status
 
 
 @dataclass(frozen=True)

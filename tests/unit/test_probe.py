@@ -29,21 +29,11 @@ from hostile_smtp import (  # noqa: E402
     serve_pair,
 )
 
-from remediate.probe import (  # noqa: E402
-    ProbeDropped,
-    ProbeProtocolError,
-    ProbeResult,
-    ProbeTimeout,
-    RelayAttempt,
-    Reply,
-    SmtpSession,
-    Status,
-    judge,
-    parse_ehlo,
-    probe,
-    relay_forms,
-    simulate,
-)
+from remediate.errors import ProbeDropped, ProbeProtocolError, ProbeTimeout  # noqa: E402
+from remediate.model import Status  # noqa: E402
+from remediate.probe import probe, relay_forms, simulate  # noqa: E402
+from remediate.smtp import ProbeResult, RelayAttempt, Reply, SmtpSession, parse_ehlo  # noqa: E402
+from remediate.verdict import judge  # noqa: E402
 
 FAST = 0.5  # seconds: the timeout used against servers that are meant to hang
 
@@ -146,7 +136,7 @@ def test_probe_rejects_names_that_could_inject_commands() -> None:
 def test_open_relay_is_vulnerable_on_all_16_forms_and_nothing_is_queued() -> None:
     result, server = run(OpenRelay(), local_domain="example.org")
     verdict = judge(result)
-    assert verdict.status == Status.VULNERABLE and verdict.findings == ("open_relay",)
+    assert verdict.status == Status.VULNERABLE and verdict.codes == ("open_relay",)
     assert len(result.relay_attempts) == 16 and all(a.accepted for a in result.relay_attempts)
     assert "16 of 16" in verdict.reasons[0]
     verbs = server.transcript.verbs()
@@ -160,16 +150,16 @@ def test_debian_defer_is_inconclusive_unless_the_config_is_known_to_defer() -> N
     result, server = run(DebianDefer(), local_domain="example.org")
     assert_never_queued(server.transcript.verbs())
     assert judge(result).status == Status.INCONCLUSIVE
-    verdict = judge(result, defer_configured=True)
+    verdict = judge(result, deferral_refuses=True)
     assert verdict.status == Status.SECURE and verdict.local_ok is True
-    assert any("defer_unauth_destination" in r for r in verdict.reasons)
+    assert any("configured to defer" in r for r in verdict.reasons)
 
 
 def test_554_refuser_is_secure_and_local_mail_still_flows() -> None:
     result, server = run(Behaviour(), local_domain="example.org")
     verdict = judge(result)
     assert verdict.status == Status.SECURE, verdict.reasons
-    assert verdict.findings == () and verdict.local_ok is True
+    assert verdict.codes == () and verdict.local_ok is True
     assert server.transcript.matching("RCPT TO:<postmaster@example.org>")
     assert_never_queued(server.transcript.verbs())
 
@@ -211,7 +201,7 @@ def test_421_mid_run_reconnects_and_retries_the_form() -> None:
 def test_greylisting_and_config_errors_are_inconclusive_never_secure() -> None:
     for behaviour in (Greylister(), ConfigError451()):
         result, _ = run(behaviour, local_domain="example.org")
-        verdict = judge(result, defer_configured=True)
+        verdict = judge(result, deferral_refuses=True)
         assert verdict.status == Status.INCONCLUSIVE, verdict.reasons
         assert any("proves nothing" in r for r in verdict.reasons)
 
@@ -220,7 +210,7 @@ def test_anonymous_two_step_is_found_and_tried_in_a_fresh_session() -> None:
     behaviour = Behaviour(auth=("PLAIN", "LOGIN", "ANONYMOUS"))
     result, server = run(behaviour)
     verdict = judge(result)
-    assert verdict.status == Status.VULNERABLE and verdict.findings == ("anonymous_auth",)
+    assert verdict.status == Status.VULNERABLE and verdict.codes == ("anonymous_auth",)
     assert result.anonymous_attempt is not None and result.anonymous_attempt.code == 235
     assert "accepted" in verdict.reasons[0]
     assert behaviour.traces == ["probe@probe.remediate.example"]
@@ -232,7 +222,7 @@ def test_anonymous_two_step_is_found_and_tried_in_a_fresh_session() -> None:
 def test_anonymous_advertised_but_refused_is_still_the_nessus_finding() -> None:
     result, _ = run(Behaviour(auth=("ANONYMOUS",), anonymous_reply="535 5.7.8 Error: authentication failed"))
     verdict = judge(result)
-    assert verdict.findings == ("anonymous_auth",) and "refused" in verdict.reasons[0]
+    assert verdict.codes == ("anonymous_auth",) and "refused" in verdict.reasons[0]
 
 
 @pytest.mark.parametrize("behaviour", [Behaviour(drop_after_banner=True), Behaviour(silent=True)],
@@ -343,7 +333,7 @@ def test_anonymous_only_after_starttls_is_found(server_tls: ssl.SSLContext) -> N
     assert result.tls_offered and result.ehlo_auth == ("PLAIN",)
     assert result.tls_auth == ("PLAIN", "ANONYMOUS")
     verdict = judge(result)
-    assert verdict.findings == ("anonymous_auth",) and "after STARTTLS" in verdict.reasons[0]
+    assert verdict.codes == ("anonymous_auth",) and "after STARTTLS" in verdict.reasons[0]
     assert result.anonymous_attempt is not None and result.anonymous_attempt.code == 235
     assert behaviour.traces == ["probe@probe.remediate.example"]
     assert_never_queued(server.transcript.verbs())
@@ -378,7 +368,7 @@ def test_simulate_poses_as_an_outside_client_via_xclient() -> None:
     assert [a.form for a in result.relay_attempts] == [1, 2, 3, 6, 7, 8, 11, 13, 14, 16]
     assert result.source_address == "203.0.113.9" and result.errors == ()
     verdict = judge(result)
-    assert verdict.findings == ("anonymous_auth",) and verdict.local_ok is True
+    assert verdict.codes == ("anonymous_auth",) and verdict.local_ok is True
 
 
 def test_simulate_without_xclient_does_not_trust_the_localhost_relay() -> None:
@@ -414,13 +404,13 @@ def test_trusted_source_is_always_inconclusive_about_relay() -> None:
                             "here prove nothing") for r in verdict.reasons)
     relay = ProbeResult("192.0.2.1", 25, BANNER, "10.0.0.5", relay_attempts=(attempt(rcpt=250),))
     judged = judge(relay, orchestrator_trusted=True)
-    assert judged.status == Status.INCONCLUSIVE and "open_relay" not in judged.findings
+    assert judged.status == Status.INCONCLUSIVE and "open_relay" not in judged.codes
 
 
 def test_defer_counts_only_for_471_or_bare_454() -> None:
     def status(rcpt: int, text: str) -> Status:
         result = ProbeResult("h", 25, BANNER, relay_attempts=(attempt(rcpt=rcpt, rcpt_text=text),))
-        return judge(result, defer_configured=True).status
+        return judge(result, deferral_refuses=True).status
     assert status(454, "4.7.1 <x>: Relay access denied") == Status.SECURE
     assert status(454, "Relay access denied") == Status.SECURE
     assert status(450, "4.7.1 <x>: Relay access denied") == Status.SECURE
@@ -454,7 +444,7 @@ results = st.builds(ProbeResult, st.just("h"), st.just(25), st.none() | replies,
 @settings(max_examples=300, deadline=None)
 @given(results, st.booleans(), st.booleans(), st.sampled_from(["accept", "refuse"]))
 def test_secure_needs_clean_evidence(result: ProbeResult, defer: bool, trusted: bool, local: str) -> None:
-    verdict = judge(result, defer_configured=defer, orchestrator_trusted=trusted, expect_local=local)
+    verdict = judge(result, deferral_refuses=defer, orchestrator_trusted=trusted, expect_local=local)
     if verdict.status == Status.SECURE:
         assert result.banner is not None and not result.errors and not trusted
         assert result.relay_attempts and not any(a.dropped for a in result.relay_attempts)

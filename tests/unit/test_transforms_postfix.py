@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediate.errors import ConfigError
-from remediate.transforms import TRANSFORMS, audit, get_parameter, postfix_effective
+from remediate.mta.postfix.driver import TRANSFORMS
+from remediate.mta.postfix.rules import audit, get_parameter, postfix_effective
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 TRUSTED = ["127.0.0.0/8", "[::1]/128"]

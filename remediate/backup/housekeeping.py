@@ -14,11 +14,12 @@ import shutil
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from remediate.backup import BackupStore, FileRecord, Manifest, sha256
-from remediate.errors import BackupError, RemediateError, TransportError
-from remediate.transport import Connection
+from remediate.backup.store import BackupStore, FileRecord, Manifest, sha256
+from remediate.errors import BackupError, CommandError, RemediateError, TransportError
+from remediate.model import Host
+from remediate.shell import Shell, open_shell
 
 if TYPE_CHECKING:  # types only: the store never reads journals itself
     from remediate.journal import RunState
@@ -110,13 +111,10 @@ class Backups(BackupStore):
             return []
         return sorted(p.name for p in hdir.iterdir() if p.is_dir() and valid_run_id(p.name))
 
-    def remote_runs(self, conn: Connection) -> list[str]:
+    def remote_runs(self, shell: Shell) -> list[str]:
         """Run ids with an entry under the host's backup root, oldest first; [] when there is no root.
         Read-only; TransportError when the host cannot be asked."""
-        if not conn.exists(self.remote_root):
-            return []
-        listing = conn.run(["ls", "-1A", "--", self.remote_root]).out.splitlines()
-        return sorted(name for name in listing if valid_run_id(name))
+        return sorted(name for name in shell.listdir(shell.backup_root) if valid_run_id(name))
 
     def local_copy(self, host: str, run_id: str, rec: FileRecord) -> Copy:
         """The local copy of `rec`, judged against its sha256. Reads only."""
@@ -129,19 +127,18 @@ class Backups(BackupStore):
             return Copy(CopyState.UNKNOWN, f"{path} unreadable: {exc.strerror or exc}")
         return _judged(sha256(data), rec, str(path))
 
-    def host_copy(self, conn: Connection, run_id: str, rec: FileRecord) -> Copy:
+    def host_copy(self, shell: Shell, run_id: str, rec: FileRecord) -> Copy:
         """The host copy of `rec`, judged against its sha256 (hashed on the host). Reads only;
         TransportError when the connection fails."""
-        path = f"{self.remote_dir(run_id)}/files{rec.path}"
-        result = conn.run(["sha256sum", "--", path], check=False)
-        if result.rc == 0 and result.out.split():
-            return _judged(result.out.split()[0].lstrip("\\"), rec, f"{conn.name}:{path}")
-        if not conn.exists(path):
-            return Copy(CopyState.MISSING, f"{conn.name}:{path}")
-        return Copy(CopyState.UNKNOWN, f"{conn.name}:{path} unreadable: "
-                                       f"{result.err.strip() or f'sha256sum exited {result.rc}'}")
+        path = f"{self.remote_dir(shell, run_id)}/files{rec.path}"
+        try:
+            return _judged(shell.sha256([path])[path], rec, f"{shell.name}:{path}")
+        except CommandError as exc:
+            if not shell.exists(path):
+                return Copy(CopyState.MISSING, f"{shell.name}:{path}")
+            return Copy(CopyState.UNKNOWN, f"{shell.name}:{path} unreadable: {exc.stderr.strip() or exc}")
 
-    def copies(self, host: str, manifest: Manifest, conn: Connection | None = None,
+    def copies(self, host: str, manifest: Manifest, conn: Shell | None = None,
                unknown: str = "not checked") -> list[CopyStatus]:
         """Both copies of every file of `manifest`, in manifest order. Reads only. Without `conn` the
         host copies are `unknown` (`unknown` says why); TransportError when the connection fails."""
@@ -150,7 +147,7 @@ class Backups(BackupStore):
                            else Copy(CopyState.UNKNOWN, unknown))
                 for rec in manifest.files]
 
-    def inspect(self, host: str, run_id: str, conn: Connection | None = None,
+    def inspect(self, host: str, run_id: str, conn: Shell | None = None,
                 unreachable: str = "") -> Inspection:
         """Everything known about `host`'s backup of `run_id`; reads only, on both sides.
 
@@ -161,7 +158,7 @@ class Backups(BackupStore):
         problems: list[str] = []
         local = remote = None
         local_path = self.local_dir(host, run_id) / "manifest.json"
-        remote_path = f"{self.remote_dir(run_id)}/manifest.json"
+        remote_path = f"{self.remote_dir(conn, run_id)}/manifest.json" if conn is not None else "on the host"
         try:
             local = self.local_manifest(host, run_id)
         except BackupError as exc:
@@ -188,31 +185,31 @@ class Backups(BackupStore):
                           tuple(self.copies(host, manifest, conn, f"unreachable: {unreachable}")),
                           tuple(problems))
 
-    def inspect_host(self, host: Any, run_id: str) -> Inspection:
+    def inspect_host(self, host: Host, run_id: str) -> Inspection:
         """`inspect` over a fresh connection to inventory host `host`; an unreachable host (or one lost
         mid-way) is inspected from the local store alone."""
         try:
-            with Connection(host) as conn:
-                return self.inspect(host.name, run_id, conn)
+            with open_shell(host) as shell:
+                return self.inspect(host.name, run_id, shell)
         except TransportError as exc:
             return self.inspect(host.name, run_id, None, str(exc))
 
-    def prune_plan(self, conn: Connection, keep: int, protected: Collection[str] = ()) -> PrunePlan:
+    def prune_plan(self, conn: Shell, keep: int, protected: Collection[str] = ()) -> PrunePlan:
         """`plan_prune` over the host's runs on both sides. Reads only."""
         return plan_prune(conn.name, [*self.local_runs(conn.name), *self.remote_runs(conn)], keep, protected)
 
-    def remove(self, conn: Connection, run_id: str) -> None:
-        """Delete run `run_id`'s backup of this host: REMOTE_ROOT/RUN_ID on the host, then ROOT/HOST/RUN_ID
-        locally, nothing else. BackupError for an invalid run id (nothing touched); when the host copy
-        cannot be removed (TransportError) the local copy stays."""
+    def remove(self, conn: Shell, run_id: str) -> None:
+        """Delete run `run_id`'s backup of this host: its folder under the host's backup root, then
+        ROOT/HOST/RUN_ID locally, nothing else. BackupError for an invalid run id (nothing touched); when
+        the host copy cannot be removed (TransportError) the local copy stays."""
         if not valid_run_id(run_id):
             raise BackupError(f"refusing to remove {run_id!r}: not a run id")
-        conn.run(["rm", "-rf", "--", self.remote_dir(run_id)])
+        conn.remove(self.remote_dir(conn, run_id), recursive=True)
         local = self.local_dir(conn.name, run_id)
         if local.is_dir():
             shutil.rmtree(local)
 
-    def prune(self, conn: Connection, plan: PrunePlan) -> PruneResult:
+    def prune(self, conn: Shell, plan: PrunePlan) -> PruneResult:
         """Remove `plan.remove`, oldest first; stops at the first failure, which `error` names."""
         assert plan.host == conn.name, (plan.host, conn.name)
         removed: list[str] = []
@@ -224,14 +221,14 @@ class Backups(BackupStore):
             removed.append(run_id)
         return PruneResult(conn.name, plan, tuple(removed))
 
-    def prune_host(self, host: Any, keep: int, protected: Collection[str] = (),
+    def prune_host(self, host: Host, keep: int, protected: Collection[str] = (),
                    allowed: Collection[str] | None = None, dry_run: bool = False) -> PruneResult:
         """Plan (and unless `dry_run`, carry out) the prune of inventory host `host` over a fresh
         connection. With `allowed`, only runs in it are removed (what someone confirmed); the plan is
         made afresh, so a run that became protected or newest since is kept. Unreachable: error set,
         nothing removed."""
         try:
-            with Connection(host) as conn:
+            with open_shell(host) as conn:
                 plan = self.prune_plan(conn, keep, protected)
                 if allowed is not None:
                     plan = replace(plan, remove=tuple(r for r in plan.remove if r in allowed))

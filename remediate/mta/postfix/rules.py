@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from remediate.errors import ConfigError
-from remediate.transforms.maincf import (
+from remediate.model import Finding
+from remediate.mta.postfix.syntax import (
     Network,
     Override,
     Parameter,
@@ -57,17 +58,6 @@ _DEFAULTS = {"smtpd_sasl_security_options": "noanonymous"}
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _ACCESS_MAP = re.compile(r"check_\w+_access")
 _STOPPERS_TEXT = ", ".join(sorted(RELAY_STOPPERS))
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """Why a configuration is exposed: ``line`` is the 1-based line of the effective occurrence, if any."""
-
-    code: str
-    parameter: str
-    detail: str
-    file: str
-    line: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +346,7 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
     def main(code: str, name: str, detail: str | None) -> None:
         if detail is not None:
             parameter = params.get(name)
-            findings.append(Finding(code, name, detail, "main.cf", parameter.line if parameter else None))
+            findings.append(Finding(code, detail, "config", "main.cf", parameter.line if parameter else None, name))
 
     main("open_relay", "smtpd_relay_restrictions", _relay_problem(params, policy))
     main("open_relay", "smtpd_recipient_restrictions", _recipient_problem(params))
@@ -396,7 +386,6 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
                 found = ("nonexistent_parameter",
                          f"Postfix has no such parameter (the real one is {NONEXISTENT[override.name]})")
             if found is not None:
-                findings.append(Finding(found[0], override.name,
-                                        f"{service.label}: -o {override.name}={override.value}: {found[1]}",
-                                        "master.cf", override.line))
+                findings.append(Finding(found[0], f"{service.label}: -o {override.name}={override.value}: {found[1]}",
+                                        "config", "master.cf", override.line, override.name))
     return findings

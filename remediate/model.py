@@ -1,0 +1,250 @@
+"""The shared types: what a host is, what was found on it, where a run is, and what came of it.
+
+Everything here is a frozen value (or an enum) and imports nothing of the project, so every room can
+use it: `Host` (resolved once from the inventory), `Finding` (with its evidence), `Phase` (the steps a
+changing run journals), `ProbeContext` (what a driver tells the probe about a host), `HostResult` /
+`RunResult` (what reports render) and `Plan` (an approved dry run, validated when it is loaded).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+#: what a host's mail service must do (each driver's playbook defines both)
+POLICIES = ("relay-auth", "auth-all")
+#: what the `postmaster@` check expects under each policy when no driver's playbook says (a host scanned
+#: from outside only): an MX accepts mail for its own domains; a submission-only server refuses it
+POLICY_EXPECTS = {"relay-auth": "accept", "auth-all": "refuse"}
+#: connection kinds a host may use (a Windows shell joins when the Exchange driver does)
+CONNECTIONS = ("ssh",)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(*texts: str) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(t) for t in texts)
+
+
+DEFAULT_TRUSTED_NETWORKS = _networks("127.0.0.0/8", "::1/128")
+
+
+class Status(StrEnum):
+    """One status vocabulary for every command (README, "Reports")."""
+
+    # scan (and the probe's own verdict)
+    SECURE = "secure"
+    VULNERABLE = "vulnerable"
+    INCONCLUSIVE = "inconclusive"
+    # plan
+    WOULD_CHANGE = "would_change"
+    COMPLIANT = "compliant"
+    # apply
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"
+    # rollback
+    RESTORED = "restored"
+    # any
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+
+
+#: statuses that mean "what was asked for succeeded" (exit 0 when every host has one of these)
+OK_STATUSES = frozenset({Status.SECURE, Status.WOULD_CHANGE, Status.COMPLIANT, Status.CHANGED,
+                         Status.UNCHANGED, Status.RESTORED})
+
+
+class Phase(StrEnum):
+    """Where a host is in a changing run; each is journalled (fsynced) before the next step begins."""
+
+    STARTED = "started"
+    LOCKED = "locked"
+    BACKED_UP = "backed_up"
+    WRITTEN = "written"
+    VALIDATED = "validated"
+    RELOADED = "reloaded"
+    VERIFIED = "verified"
+    ROLLED_BACK = "rolled_back"
+    RESTORED = "restored"
+    FAILED = "failed"
+    DONE = "done"
+
+
+#: phases after which nothing had been written to the host
+UNWRITTEN = frozenset({Phase.STARTED, Phase.LOCKED, Phase.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something wrong on a host and the evidence for it.
+
+    `code` is `open_relay`, `anonymous_auth` (from the probe or a simulation) or a configuration code
+    a driver defines (README, "Reports"); `detail` is the evidence in words; a configuration finding also
+    names its `file`, `line` and `parameter`."""
+
+    code: str
+    detail: str
+    source: str = "probe"   # probe | config | simulation
+    file: str | None = None
+    line: int | None = None
+    parameter: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The finding as one line: `FILE:LINE: PARAMETER: detail` for a configuration finding (file by its
+        base name)."""
+        if self.file is None:
+            return self.detail
+        return f"{os.path.basename(self.file)}:{self.line or '?'}: {self.parameter}: {self.detail}"
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"code": self.code, "detail": self.text, "source": self.source}
+        if self.file is not None:
+            out |= {"file": self.file, "line": self.line, "parameter": self.parameter}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SshConnection:
+    """How to reach a host over SSH. Paths are expanded; secrets are never held (`password_env` names
+    the environment variable that holds a key passphrase)."""
+
+    port: int = 22
+    user: str = "root"
+    identity_file: str | None = None
+    known_hosts: str = field(default_factory=lambda: os.path.expanduser("~/.ssh/known_hosts"))
+    ssh_config: str | None = field(default_factory=lambda: os.path.expanduser("~/.ssh/config"))
+    become: bool = False
+    password_env: str | None = None
+    connect_timeout: float = 10.0    # seconds
+    command_timeout: float = 120.0   # seconds a remote command may take
+    kind: str = "ssh"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One mail server, fully resolved from the inventory (host > groups > defaults)."""
+
+    name: str
+    address: str
+    connection: SshConnection = field(default_factory=SshConnection)
+    mta: str = "auto"
+    policy: str = "relay-auth"
+    trusted_networks: tuple[Network, ...] = DEFAULT_TRUSTED_NETWORKS
+    probe_domain: str = "relaytest.example.net"
+    mail_domain: str | None = None
+    probe_port: int = 25
+    groups: tuple[str, ...] = ()
+
+    def trusts(self, address: str | None) -> bool:
+        """True when `address` lies inside the networks this host is meant to trust."""
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeContext:
+    """What a driver read on the host that the outside probe needs to judge it.
+
+    `local_domain`: a domain the host accepts mail for (the `postmaster@` check), if known;
+    `deferral_refuses`: the host is configured to answer unauthorised relay with a 4xx deferral
+    (so a 4.7.1 counts as refused); `served`: (name of the MTA's list, literal domains in it), used to
+    tell when the probe's "foreign" domain is one the host serves."""
+
+    local_domain: str | None = None
+    deferral_refuses: bool = False
+    served: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def serving(self, domain: str) -> str | None:
+        """The name of the list that covers `domain` (itself or a parent), or None."""
+        domain = domain.lower()
+        for name, domains in self.served:
+            for item in domains:
+                item = item.lower().lstrip(".")
+                if domain == item or domain.endswith("." + item):
+                    return name
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HostResult:
+    name: str
+    address: str
+    status: Status
+    findings_before: tuple[Finding, ...] = ()
+    findings_after: tuple[Finding, ...] = ()
+    changed: bool = False
+    backup_id: str | None = None
+    diff: str | None = None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+    simulation: str | None = None
+    #: plan only: sha256 of each file as read, and as the candidate would write it ({path: sha256})
+    pre_images: tuple[tuple[str, str], ...] = ()
+    post_images: tuple[tuple[str, str], ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "name": self.name, "address": self.address, "status": self.status.value,
+            "findings_before": [f.as_dict() for f in self.findings_before],
+            "findings_after": [f.as_dict() for f in self.findings_after],
+            "changed": self.changed, "backup_id": self.backup_id, "diff": self.diff,
+            "error": self.error, "notes": list(self.notes), "simulation": self.simulation}
+        if self.pre_images:
+            out["pre_images"], out["post_images"] = dict(self.pre_images), dict(self.post_images)
+        return out
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    command: str
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    hosts: list[HostResult] = field(default_factory=list)
+
+    def ok(self, statuses: frozenset[Status] = OK_STATUSES) -> bool:
+        return all(h.status in statuses for h in self.hosts)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "command": self.command, "started": _iso(self.started),
+                "finished": _iso(self.finished) if self.finished else None,
+                "hosts": [h.as_dict() for h in self.hosts]}
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedHost:
+    """One host of an approved plan: sha256 of each file as read, and as the change would write it."""
+
+    name: str
+    pre_images: Mapping[str, str]
+    post_images: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """An approved plan (`remediate plan -o`), validated at load (`remediate.planfile.load_plan`)."""
+
+    path: str
+    run_id: str
+    hosts: Mapping[str, PlannedHost] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC timestamp plus random suffix, e.g. 20261128T204700Z-3f9a."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,171 @@
+"""The phase machine: one frozen context per host, and changing runs as sequences of (phase, do, undo) steps.
+
+`run_steps` runs `Step`s in order, journals each step's phase (fsynced) once its `do` succeeded and, when
+a later step fails, runs the `undo` of the newest step done that has one (the backup's undo is the
+restore: `roll_back`). The sequences: `APPLY` (validate the candidate, back up, write, then `TAIL`),
+`TAIL` (check, activate, verify from outside; shared by apply and resume) and `ROLLBACK` (check, activate,
+the MTA answers). Steps reach the host only through the driver, the shell and the backup store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from remediate.backup import BackupStore, FileRecord, Manifest, restore
+from remediate.errors import RemediateError, TransportError, ValidationError
+from remediate.journal import Journal
+from remediate.model import Host, HostResult, Phase, Status
+from remediate.mta import Candidate, Driver, Facts
+from remediate.mta.playbook import Policy
+from remediate.shell import Shell
+from remediate.verdict import Verdict
+from remediate.verify import answering, outside_probe, probe_until
+
+
+@dataclass(frozen=True, slots=True)
+class HostContext:
+    """Everything a host's steps share for one run; `run_id` owns the lock and the backup."""
+
+    host: Host
+    driver: Driver
+    policy: Policy
+    shell: Shell
+    store: BackupStore
+    journal: Journal
+    log: Any
+    run_id: str
+
+
+@dataclass(slots=True)
+class Txn:
+    """What a host's steps learn as they go."""
+
+    result: HostResult
+    facts: Facts | None = None
+    cand: Candidate | None = None
+    manifest: Manifest | None = None
+    records: dict[FileRecord, bytes] = field(default_factory=dict)
+    verdict: Verdict | None = None
+    written: list[str] = field(default_factory=list)
+
+
+Do = Callable[[HostContext, Txn], None]
+Undo = Callable[[HostContext, Txn, str], HostResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """`do` the work, then journal `phase` (None: not journalled); `undo` puts the host back if a later
+    step fails; `failure` prefixes the error of a failed `do`."""
+
+    phase: Phase | None
+    do: Do
+    undo: Undo | None = None
+    failure: str = ""
+
+
+def run_steps(ctx: HostContext, txn: Txn, steps: Sequence[Step], undos: Sequence[Undo] = ()) -> HostResult | None:
+    """Run `steps` in order. None when all succeeded; else the result of undoing the done steps (newest
+    undo first), or `failed` with the error when there was nothing to undo."""
+    pending = list(undos)
+    for step in steps:
+        try:
+            step.do(ctx, txn)
+        except RemediateError as exc:
+            reason = step.failure + str(exc)
+            ctx.log.error("step_failed", phase=step.phase.value if step.phase else None, error=reason)
+            if pending:
+                return pending[-1](ctx, txn, reason)
+            ctx.journal.record(ctx.host.name, Phase.FAILED, reason=reason)
+            return replace(txn.result, error=reason)
+        if step.phase is not None:
+            ctx.journal.record(ctx.host.name, step.phase, **_detail(step.phase, txn))
+        if step.undo is not None:
+            pending.append(step.undo)
+    return None
+
+
+def _detail(phase: Phase, txn: Txn) -> dict[str, Any]:
+    if phase is Phase.BACKED_UP and txn.manifest is not None:
+        return {"files": sorted(r.path for r in txn.manifest.files)}
+    if phase is Phase.RESTORED and txn.written:
+        return {"files": list(txn.written)}
+    return {}
+
+
+# ---------------------------------------------------------------------- steps
+def validate_candidate(ctx: HostContext, txn: Txn) -> None:
+    assert txn.facts is not None and txn.cand is not None
+    sim = ctx.driver.validate(ctx.shell, txn.facts, txn.cand, ctx.host, ctx.policy)
+    if sim.verdict.status is not Status.SECURE:
+        raise ValidationError("the simulated session against the candidate is not secure: "
+                              + "; ".join(sim.verdict.reasons))
+    txn.result = replace(txn.result, simulation=sim.transcript)
+
+
+def back_up(ctx: HostContext, txn: Txn) -> None:
+    assert txn.facts is not None and txn.cand is not None
+    items = ctx.driver.backup_set(txn.facts, txn.cand)
+    txn.manifest = ctx.store.save(ctx.shell, ctx.run_id, ctx.driver.playbook.label, items)
+    txn.result = replace(txn.result, backup_id=ctx.run_id)
+    ctx.log.info("backup_saved", files=[i.path for i in items])
+
+
+def write(ctx: HostContext, txn: Txn) -> None:
+    assert txn.facts is not None and txn.cand is not None
+    files = ctx.driver.playbook.files
+    for name in txn.cand.changed:
+        st = txn.facts.stats[name]
+        ctx.shell.write_atomic(files[name], txn.cand.data(name), mode=st.mode, uid=st.uid, gid=st.gid)
+
+
+def check(ctx: HostContext, txn: Txn) -> None:
+    ctx.driver.check_live(ctx.shell)
+
+
+def activate(ctx: HostContext, txn: Txn) -> None:
+    ctx.driver.activate(ctx.shell)
+
+
+def verify(ctx: HostContext, txn: Txn) -> None:
+    txn.verdict = probe_until(ctx.host, ctx.driver.probe_context(ctx.host, txn.facts), ctx.policy.expect_local)
+    if txn.verdict.status is not Status.SECURE:
+        raise ValidationError("verification probe after reload: " + "; ".join(txn.verdict.reasons))
+
+
+def answers(ctx: HostContext, txn: Txn) -> None:
+    txn.verdict, result = outside_probe(ctx.host, ctx.driver.probe_context(ctx.host, None), ctx.policy.expect_local)
+    if not answering(result):
+        raise TransportError(f"{ctx.host.name}: restored, but SMTP does not answer after reload: "
+                             + "; ".join(result.errors))
+
+
+def roll_back(ctx: HostContext, txn: Txn, reason: str) -> HostResult:
+    """The backup's undo: restore every backed-up resource, activate, re-probe → `rolled_back`."""
+    try:
+        if not txn.records:
+            assert txn.manifest is not None
+            txn.records = ctx.store.contents(ctx.shell, txn.manifest)
+        restore(ctx.shell, txn.records)
+        ctx.driver.try_activate(ctx.shell)
+        verdict, result = outside_probe(ctx.host, ctx.driver.probe_context(ctx.host, None), ctx.policy.expect_local)
+    except RemediateError as exc:
+        ctx.log.critical("rollback_failed", error=str(exc))
+        ctx.journal.record(ctx.host.name, Phase.FAILED, reason=f"rollback failed: {exc}")
+        return replace(txn.result, error=f"{reason}; AND ROLLBACK FAILED: {exc}. Run `remediate rollback --run "
+                                         f"{ctx.run_id} --limit {ctx.host.name}` once the host is reachable")
+    ctx.journal.record(ctx.host.name, Phase.ROLLED_BACK, reason=reason)
+    ctx.journal.record(ctx.host.name, Phase.DONE)
+    ctx.log.warning("rolled_back", reason=reason)
+    note = "MTA answering after restore" if answering(result) else "MTA NOT answering after restore"
+    return replace(txn.result, status=Status.ROLLED_BACK, error=reason, findings_after=verdict.findings,
+                   notes=(note,))
+
+
+#: activation then verification, shared by apply and resume
+TAIL = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(Phase.VERIFIED, verify))
+APPLY = (Step(None, validate_candidate), Step(Phase.BACKED_UP, back_up, roll_back, "backup failed, nothing written: "),
+         Step(Phase.WRITTEN, write), *TAIL)
+ROLLBACK = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(Phase.RESTORED, answers))

@@ -1,0 +1,205 @@
+"""Every remote file and OS primitive, in one place: the only module that builds a remote command.
+
+`Shell` is what the rest of the tool (drivers, backups, locks, rollback) sees of a host: read, stat,
+atomic write, exclusive create, mkdir, sha256, list, remove, a private temporary directory, restore of
+metadata, and `run`/`open_stream` for a driver's own argument vectors (quoted by the session, never
+joined here). `PosixShell` implements it over an SSH `Connection` (`become` runs through `sudo -n`);
+a PowerShell implementation joins for Windows hosts. Where the tool keeps its own state on a host is a
+property of the shell (`lock_path`, `backup_root`), not a constant elsewhere.
+
+Errors: a command that fails raises `CommandError` (host, command, exit status, stderr); a lost
+connection or a command past its timeout raises `TransportError`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import paramiko
+
+from remediate.errors import CommandError
+from remediate.model import Host
+from remediate.transport import Connection, Local, Result
+
+# Constant scripts; every path, mode and owner arrives as a quoted positional argument.
+ATOMIC_WRITE = (
+    'set -eu; d=$(dirname -- "$1"); tmp=$(mktemp -- "$1.remediate.XXXXXX"); '
+    'trap \'rm -f -- "$tmp"\' EXIT; cat > "$tmp"; chown -- "$3" "$tmp"; chmod -- "$2" "$tmp"; '
+    'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"'
+)
+CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """A file's metadata: permission bits, owner and group (ids and names), size in bytes, mtime (s and ns)."""
+
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    owner: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+
+
+class Shell(Protocol):
+    """The primitives every room above the transport uses to touch a host."""
+
+    name: str
+    host: Host
+    lock_path: str
+    backup_root: str
+
+    @property
+    def peer_fingerprint(self) -> str | None: ...
+    def close(self) -> None: ...
+    def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
+            timeout: float | None = None) -> Result: ...
+    def open_stream(self, argv: Sequence[str]) -> paramiko.Channel: ...
+    def read(self, path: str) -> bytes: ...
+    def exists(self, path: str) -> bool: ...
+    def stat(self, path: str) -> FileStat: ...
+    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int) -> None: ...
+    def create_exclusive(self, path: str, data: bytes) -> bool: ...
+    def mkdir(self, *paths: str, mode: int = 0o700) -> None: ...
+    def sha256(self, paths: Sequence[str]) -> dict[str, str]: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def remove(self, path: str, *, recursive: bool = False) -> None: ...
+    def copy_tree(self, source: str, target: str) -> None: ...
+    def tempdir(self, prefix: str) -> AbstractContextManager[str]: ...
+    def restore_metadata(self, path: str, st: FileStat) -> None: ...
+    def listener(self, port: int) -> str | None: ...
+
+
+
+class PosixShell:
+    """`Shell` over an SSH session to a POSIX host (GNU coreutils, iproute2's `ss`); over `Local` it runs
+    the same commands on this machine."""
+
+    lock_path = "/var/lib/remediate/lock.json"
+    backup_root = "/var/backups/remediate"
+
+    def __init__(self, conn: Connection | Local) -> None:
+        self.conn = conn
+        self.host = conn.host
+        self.name = conn.name
+
+    @property
+    def peer_fingerprint(self) -> str | None:
+        """SHA256 fingerprint of the host key the session verified."""
+        return self.conn.peer_fingerprint
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
+            timeout: float | None = None) -> Result:
+        """Run a driver's argument vector (privileged when the host uses `become`)."""
+        return self.conn.run(list(argv), input=input, check=check, timeout=timeout)
+
+    def open_stream(self, argv: Sequence[str]) -> paramiko.Channel:
+        """Start argv with stdin/stdout as one byte stream (an MTA's own SMTP test session)."""
+        return self.conn.open_stream(list(argv))
+
+    # ------------------------------------------------------------------ files
+    def read(self, path: str) -> bytes:
+        return self.conn.run(["cat", "--", path]).stdout
+
+    def exists(self, path: str) -> bool:
+        return self.conn.run(["test", "-e", path], check=False).rc == 0
+
+    def stat(self, path: str) -> FileStat:
+        out = self.conn.run(["stat", "-c", "%a %u %g %s %.9Y %U %G", "--", path]).out.split()
+        sec, _, frac = out[4].partition(".")
+        return FileStat(int(out[0], 8), int(out[1]), int(out[2]), int(out[3]), int(sec), out[5], out[6],
+                        int(sec) * 10**9 + int((frac or "0").ljust(9, "0")[:9]))
+
+    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int) -> None:
+        """Replace `path` with `data`: temp file in the same directory, fsync, chmod/chown, rename."""
+        self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}"], input=data)
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create `path` (mode 0600, parents made) only if it does not exist; False when it already did."""
+        result = self.conn.run(["sh", "-c", CREATE_EXCLUSIVE, "sh", path], input=data, check=False)
+        if result.rc == 0:
+            return True
+        if self.exists(path):
+            return False
+        raise CommandError(self.name, result.command, result.rc, result.err)
+
+    def mkdir(self, *paths: str, mode: int = 0o700) -> None:
+        """Create each directory (and parents) with `mode`; existing ones are kept."""
+        self.conn.run(["install", "-d", "-m", f"{mode:04o}", "--", *paths])
+
+    def sha256(self, paths: Sequence[str]) -> dict[str, str]:
+        """{path: sha256 hex} of each readable file; CommandError when one cannot be read."""
+        out = self.conn.run(["sha256sum", "--", *paths]).out.split()
+        return {path.lstrip("\\"): digest.lstrip("\\") for digest, path in zip(out[0::2], out[1::2], strict=True)}
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a directory (hidden ones too); empty when it does not exist."""
+        result = self.conn.run(["ls", "-1A", "--", path], check=False)
+        return result.out.splitlines() if result.rc == 0 else []
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self.conn.run(["rm", "-rf" if recursive else "-f", "--", path])
+
+    def copy_tree(self, source: str, target: str) -> None:
+        """Copy the contents of directory `source` into `target`, keeping modes, owners and times."""
+        self.conn.run(["cp", "-a", "--", source.rstrip("/") + "/.", target])
+
+    @contextmanager
+    def tempdir(self, prefix: str) -> Iterator[str]:
+        """A private (0700) temporary directory on the host, removed with everything in it afterwards."""
+        path = self.conn.run(["mktemp", "-d", "-t", f"{prefix}.XXXXXX"]).out.strip()
+        try:
+            yield path
+        finally:
+            self.conn.run(["rm", "-rf", "--", path], check=False)
+
+    def restore_metadata(self, path: str, st: FileStat) -> None:
+        """Give `path` back its owner, mode and mtime (to the nanosecond)."""
+        self.conn.run(["chown", f"{st.uid}:{st.gid}", "--", path])
+        self.conn.run(["chmod", f"{st.mode:o}", "--", path])
+        sec, ns = divmod(st.mtime_ns or st.mtime * 10**9, 10**9)
+        self.conn.run(["touch", "-m", "-d", f"@{sec}.{ns:09d}", "--", path])
+
+    # ------------------------------------------------------------------ processes
+    def listener(self, port: int) -> str | None:
+        """The name of the process listening on TCP `port` (e.g. `master`, `exim4`), or None."""
+        out = self.conn.run(["ss", "-Hltnp", f"sport = :{port}"], check=False).out
+        for line in out.splitlines():
+            start = line.find('(("')
+            if start >= 0:
+                return line[start + 3:line.index('"', start + 3)]
+        return None
+
+
+def connect(host: Host) -> PosixShell:
+    """A connected shell for `host`, by its connection kind; `close()` it after use. TransportError
+    (HostKeyError, AuthError) when it cannot connect."""
+    conn = Connection(host)
+    conn.connect()
+    return PosixShell(conn)
+
+
+@contextmanager
+def open_shell(host: Host) -> Iterator[Shell]:
+    """`connect`, closed after the block."""
+    shell = connect(host)
+    try:
+        yield shell
+    finally:
+        shell.close()
+
+
+def under(root: str, path: str) -> bool:
+    """True when absolute `path` lies inside directory `root` (no `..` escapes)."""
+    root, path = posixpath.normpath(root), posixpath.normpath(path)
+    return path.startswith(root.rstrip("/") + "/")

@@ -1,0 +1,48 @@
+"""The outside probe of one inventory host, judged with what its driver read: the verification step.
+
+`outside_probe` probes the host's SMTP port from this machine (`remediate.probe`) and judges it
+(`remediate.verdict`) with the driver's `ProbeContext` (local domain, deferral, served domains) and the
+host's own trusted networks; `probe_until` repeats that read-only check after an activation, because the
+MTA's old processes may serve a session or two with the old configuration.
+"""
+
+from __future__ import annotations
+
+import time
+
+from remediate.model import Host, ProbeContext, Status
+from remediate.probe import probe
+from remediate.smtp import ProbeResult
+from remediate.verdict import Verdict, judge
+
+HELO = "probe.remediate.example"
+
+
+def outside_probe(host: Host, context: ProbeContext, expect_local: str,
+                  timeout: float = 10.0) -> tuple[Verdict, ProbeResult]:
+    """Probe the host's SMTP port from here and judge it. Never raises for network trouble."""
+    result = probe(host.address, host.probe_port, probe_domain=host.probe_domain,
+                   local_domain=context.local_domain, helo=HELO, timeout=timeout)
+    # Inside the networks the host is *meant* to trust, relay results prove nothing either way. Inside a
+    # relay network wider than that, an accepted relay is exactly the finding.
+    verdict = judge(result, deferral_refuses=context.deferral_refuses,
+                    orchestrator_trusted=host.trusts(result.source_address), expect_local=expect_local,
+                    served=(host.probe_domain, listed) if (listed := context.serving(host.probe_domain)) else None)
+    return verdict, result
+
+
+def probe_until(host: Host, context: ProbeContext, expect_local: str, attempts: int = 4,
+                delay: float = 1.0) -> Verdict:
+    """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out; `delay` in seconds."""
+    verdict, _ = outside_probe(host, context, expect_local)
+    for _ in range(attempts - 1):
+        if verdict.status is Status.SECURE:
+            break
+        time.sleep(delay)
+        verdict, _ = outside_probe(host, context, expect_local)
+    return verdict
+
+
+def answering(result: ProbeResult) -> bool:
+    """The MTA greeted the probe with a 2xx banner."""
+    return result.banner is not None and result.banner.klass == 2

@@ -1,0 +1,110 @@
+"""The seams hold: MTA knowledge stays in its driver, no import cycle, functions small enough to read.
+
+These read the package's own source (ast), so a change that leaks Postfix into the core, adds a cycle or
+grows a 60-line function fails here, naming the place.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "remediate"
+MTA_WORDS = re.compile(r"postconf|postfix|main\.cf|master\.cf|smtpd|mynetworks|mydestination|relay_domains"
+                       r"|defer_unauth", re.IGNORECASE)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def test_no_module_outside_the_drivers_and_the_lab_names_an_mta_parameter_file_or_command():
+    leaks = []
+    for name, path in _modules().items():
+        if name.startswith(("remediate.mta.", "remediate.lab")) or name == "remediate.mta":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if MTA_WORDS.search(line):
+                leaks.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not leaks, "MTA knowledge outside remediate/mta/:\n" + "\n".join(leaks)
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules `path` imports at run time (TYPE_CHECKING blocks excluded)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names if a.name in modules)
+            elif isinstance(child, ast.ImportFrom) and child.module:
+                found.update(m for m in (child.module, *(f"{child.module}.{a.name}" for a in child.names))
+                             if m in modules)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    # a package's __init__ importing its own submodules is how packages expose names, not a cycle
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := walk(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            cycle = walk(name)
+            assert cycle is None, " -> ".join(cycle)
+
+
+def test_every_function_is_under_sixty_lines():
+    long = []
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length >= 60:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, "\n".join(long)
+
+
+OS_COMMANDS = {"cat", "test", "stat", "sh", "mktemp", "install", "sha256sum", "ls", "rm", "cp", "mv", "chown",
+               "chmod", "touch", "ss", "sudo", "mkdir"}
+
+
+def test_only_the_shell_builds_os_commands():
+    """Remote OS primitives live in shell.py (transport.py only wraps argv in sudo); drivers run MTA commands."""
+    found = []
+    for name, path in _modules().items():
+        if name in ("remediate.shell", "remediate.transport") or name.startswith("remediate.lab"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.List | ast.Tuple) and node.elts and isinstance(node.elts[0], ast.Constant) \
+                    and node.elts[0].value in OS_COMMANDS:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)[:60]}")
+    assert not found, "\n".join(found)
