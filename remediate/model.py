@@ -158,12 +158,12 @@ class ProbeContext:
     """What a driver read on the host that the outside probe needs to judge it.
 
     `local_domain`: a domain the host accepts mail for (the `postmaster@` check), if known;
-    `deferral_refuses`: the host is configured to answer unauthorised relay with a 4xx deferral
-    (so a 4.7.1 counts as refused); `served`: (name of the MTA's list, literal domains in it), used to
-    tell when the probe's "foreign" domain is one the host serves."""
+    `deferral`: the setting that makes the host answer unauthorised relay with a 4xx deferral, if any
+    (so a 4.7.1 counts as refused, and the verdict names the setting); `served`: (name of the MTA's list,
+    literal domains in it), used to tell when the probe's "foreign" domain is one the host serves."""
 
     local_domain: str | None = None
-    deferral_refuses: bool = False
+    deferral: str | None = None
     served: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def serving(self, domain: str) -> str | None:

@@ -32,7 +32,7 @@ class Verdict:
         return tuple(f.code for f in self.findings)
 
 
-def _classify(attempt: RelayAttempt, deferral_refuses: bool) -> tuple[bool, str, Reply | None]:
+def _classify(attempt: RelayAttempt, deferral: str | None) -> tuple[bool, str, Reply | None]:
     """(refused, why, deciding reply) for an attempt that was not accepted; decided on reply classes only."""
     mail, rcpt = attempt.mail_reply, attempt.rcpt_reply
     if attempt.dropped or mail is None:
@@ -47,9 +47,8 @@ def _classify(attempt: RelayAttempt, deferral_refuses: bool) -> tuple[bool, str,
         return False, "no RCPT reply", None
     if rcpt.klass == 5:
         return True, "RCPT refused", rcpt
-    if rcpt.klass == 4 and deferral_refuses and (rcpt.enhanced == "4.7.1"
-                                                 or (rcpt.code == 454 and rcpt.enhanced is None)):
-        return True, "RCPT deferred, counted as refused because the host is configured to defer relay", rcpt
+    if rcpt.klass == 4 and deferral and (rcpt.enhanced == "4.7.1" or (rcpt.code == 454 and rcpt.enhanced is None)):
+        return True, f"RCPT deferred, counted as refused because the host uses {deferral}", rcpt
     return False, "RCPT got a reply that proves nothing", rcpt
 
 
@@ -87,7 +86,7 @@ def _judge_local(result: ProbeResult, expect_local: str, facts: list[str], doubt
     local_ok, local = None, result.local_attempt
     if local is not None:
         domain = local.rcpt_to.rpartition("@")[2]
-        refused = _classify(local, False)[0] if not local.accepted else False
+        refused = _classify(local, None)[0] if not local.accepted else False
         local_ok = local.accepted if expect_local == "accept" else refused
         reply = local.rcpt_reply or local.mail_reply or "connection dropped"
         if expect_local == "accept":
@@ -114,12 +113,12 @@ def _discount_relay(result: ProbeResult, evidence: dict[str, list[str]], doubts:
             "probe_domain to a domain this host does not serve"]
 
 
-def judge(result: ProbeResult, *, deferral_refuses: bool = False, orchestrator_trusted: bool = False,
+def judge(result: ProbeResult, *, deferral: str | None = None, orchestrator_trusted: bool = False,
           expect_local: str = "accept", served: tuple[str, str] | None = None, source: str = "probe") -> Verdict:
     """Vulnerable if any finding; else inconclusive if anything could not be proven; else secure.
 
-    Drops, timeouts, 4xx (except a 4.7.1 deferral when `deferral_refuses`, which the driver sets when the
-    host is configured to defer unauthorised relay), a missing banner and any recorded error are never
+    Drops, timeouts, 4xx (except a 4.7.1 deferral when `deferral` names the setting, which the driver
+    passes when the host is configured to defer unauthorised relay), a missing banner and any recorded error are never
     secure. `orchestrator_trusted` (the probe came from a network the host is meant to trust) and
     `served` (the probe's "foreign" domain and the name of the host's list that covers it) make relay
     results prove nothing. Findings are labelled `source`. Raises ValueError for an unknown
@@ -148,7 +147,7 @@ def judge(result: ProbeResult, *, deferral_refuses: bool = False, orchestrator_t
     groups: dict[tuple[bool, str, int, str | None], tuple[list[int], Reply | None]] = {}
     for attempt in attempts:  # grouped by outcome and reply code, one example reply each
         if not attempt.accepted:
-            refused, why, decisive = _classify(attempt, deferral_refuses)
+            refused, why, decisive = _classify(attempt, deferral)
             key = (refused, why, decisive.code if decisive else 0, decisive.enhanced if decisive else None)
             groups.setdefault(key, ([], decisive))[0].append(attempt.form)
     for (refused, why, *_), (numbers, example) in groups.items():

@@ -25,7 +25,7 @@ def outside_probe(host: Host, context: ProbeContext, expect_local: str,
                    local_domain=context.local_domain, helo=HELO, timeout=timeout)
     # Inside the networks the host is *meant* to trust, relay results prove nothing either way. Inside a
     # relay network wider than that, an accepted relay is exactly the finding.
-    verdict = judge(result, deferral_refuses=context.deferral_refuses,
+    verdict = judge(result, deferral=context.deferral,
                     orchestrator_trusted=host.trusts(result.source_address), expect_local=expect_local,
                     served=(host.probe_domain, listed) if (listed := context.serving(host.probe_domain)) else None)
     return verdict, result

@@ -92,7 +92,7 @@ def test_postfix_notation_and_domain_lists_are_the_drivers_business():
     context = PostfixDriver().probe_context(Host("mx1", "10.0.0.1"), _facts(
         relay_restrictions="permit_mynetworks, defer_unauth_destination", myhostname="mx1.example.org",
         mydestination="mx1.example.org, localhost", relay_domains="partner.example, hash:/etc/x"))
-    assert context.local_domain == "mx1.example.org" and context.deferral_refuses
+    assert context.local_domain == "mx1.example.org" and context.deferral == "defer_unauth_destination"
     assert context.serving("sub.partner.example") == "relay_domains"
     assert context.serving("mx1.example.org") == "mydestination"
     assert context.serving("relaytest.example.net") is None

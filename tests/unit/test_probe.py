@@ -150,9 +150,9 @@ def test_debian_defer_is_inconclusive_unless_the_config_is_known_to_defer() -> N
     result, server = run(DebianDefer(), local_domain="example.org")
     assert_never_queued(server.transcript.verbs())
     assert judge(result).status == Status.INCONCLUSIVE
-    verdict = judge(result, deferral_refuses=True)
+    verdict = judge(result, deferral="defer_unauth_destination")
     assert verdict.status == Status.SECURE and verdict.local_ok is True
-    assert any("configured to defer" in r for r in verdict.reasons)
+    assert any("defer_unauth_destination" in r for r in verdict.reasons)
 
 
 def test_554_refuser_is_secure_and_local_mail_still_flows() -> None:
@@ -201,7 +201,7 @@ def test_421_mid_run_reconnects_and_retries_the_form() -> None:
 def test_greylisting_and_config_errors_are_inconclusive_never_secure() -> None:
     for behaviour in (Greylister(), ConfigError451()):
         result, _ = run(behaviour, local_domain="example.org")
-        verdict = judge(result, deferral_refuses=True)
+        verdict = judge(result, deferral="defer_unauth_destination")
         assert verdict.status == Status.INCONCLUSIVE, verdict.reasons
         assert any("proves nothing" in r for r in verdict.reasons)
 
@@ -410,7 +410,7 @@ def test_trusted_source_is_always_inconclusive_about_relay() -> None:
 def test_defer_counts_only_for_471_or_bare_454() -> None:
     def status(rcpt: int, text: str) -> Status:
         result = ProbeResult("h", 25, BANNER, relay_attempts=(attempt(rcpt=rcpt, rcpt_text=text),))
-        return judge(result, deferral_refuses=True).status
+        return judge(result, deferral="defer_unauth_destination").status
     assert status(454, "4.7.1 <x>: Relay access denied") == Status.SECURE
     assert status(454, "Relay access denied") == Status.SECURE
     assert status(450, "4.7.1 <x>: Relay access denied") == Status.SECURE
@@ -444,7 +444,8 @@ results = st.builds(ProbeResult, st.just("h"), st.just(25), st.none() | replies,
 @settings(max_examples=300, deadline=None)
 @given(results, st.booleans(), st.booleans(), st.sampled_from(["accept", "refuse"]))
 def test_secure_needs_clean_evidence(result: ProbeResult, defer: bool, trusted: bool, local: str) -> None:
-    verdict = judge(result, deferral_refuses=defer, orchestrator_trusted=trusted, expect_local=local)
+    verdict = judge(result, deferral="defer_unauth_destination" if defer else None, orchestrator_trusted=trusted,
+                    expect_local=local)
     if verdict.status == Status.SECURE:
         assert result.banner is not None and not result.errors and not trusted
         assert result.relay_attempts and not any(a.dropped for a in result.relay_attempts)

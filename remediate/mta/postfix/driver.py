@@ -69,7 +69,7 @@ class PostfixDriver(PlaybookDriver):
         out = facts.outputs
         return ProbeContext(
             local_domain=host.mail_domain or out.get("myhostname") or None,
-            deferral_refuses="defer_unauth_destination" in out.get("relay_restrictions", ""),
+            deferral=_deferral(out.get("relay_restrictions", "")),
             served=(("relay_domains", literal_domains(out.get("relay_domains", ""))),
                     ("mydestination", literal_domains(out.get("mydestination", "")))))
 
@@ -94,9 +94,14 @@ class PostfixDriver(PlaybookDriver):
                                        helo=HELO)
         finally:
             chan.close()
-        verdict = judge(result, deferral_refuses="defer_unauth_destination" in restrictions,
+        verdict = judge(result, deferral=_deferral(restrictions),
                         expect_local=policy.expect_local, source="simulation")
         return Simulation(verdict, describe(result, verdict), result)
+
+
+def _deferral(relay_restrictions: str) -> str | None:
+    """Debian's default `defer_unauth_destination` answers unauthorised relay with 454 4.7.1 (postconf(5))."""
+    return "defer_unauth_destination" if "defer_unauth_destination" in relay_restrictions else None
 
 
 def _located(finding: Finding, paths: Mapping[str, str]) -> Finding:
