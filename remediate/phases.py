@@ -142,14 +142,29 @@ def answers(ctx: HostContext, txn: Txn) -> None:
                              + "; ".join(result.errors))
 
 
+def reinstate(shell: Shell, driver: Driver, records: dict[FileRecord, bytes]) -> list[str]:
+    """Put a backup back: restore every resource, activate (which may regenerate derived files), then
+    restore again whatever activation rewrote, so the host ends byte-identical (bytes, mode, owner, mtime).
+    Returns the paths the first restore wrote. Activation failing is not an error here: the restored
+    configuration is what the MTA last ran."""
+    written = restore(shell, records)
+    driver.try_activate(shell)
+    restore(shell, records)
+    return written
+
+
+def resettle(ctx: HostContext, txn: Txn) -> None:
+    """After a rollback's activation: restore again what it regenerated (derived files)."""
+    restore(ctx.shell, txn.records)
+
+
 def roll_back(ctx: HostContext, txn: Txn, reason: str) -> HostResult:
-    """The backup's undo: restore every backed-up resource, activate, re-probe → `rolled_back`."""
+    """The backup's undo: reinstate every backed-up resource, re-probe → `rolled_back`."""
     try:
         if not txn.records:
             assert txn.manifest is not None
             txn.records = ctx.store.contents(ctx.shell, txn.manifest)
-        restore(ctx.shell, txn.records)
-        ctx.driver.try_activate(ctx.shell)
+        reinstate(ctx.shell, ctx.driver, txn.records)
         verdict, result = outside_probe(ctx.host, ctx.driver.probe_context(ctx.host, None), ctx.policy.expect_local)
     except RemediateError as exc:
         ctx.log.critical("rollback_failed", error=str(exc))
@@ -168,4 +183,5 @@ def roll_back(ctx: HostContext, txn: Txn, reason: str) -> HostResult:
 TAIL = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(Phase.VERIFIED, verify))
 APPLY = (Step(None, validate_candidate), Step(Phase.BACKED_UP, back_up, roll_back, "backup failed, nothing written: "),
          Step(Phase.WRITTEN, write), *TAIL)
-ROLLBACK = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(Phase.RESTORED, answers))
+ROLLBACK = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(None, resettle),
+            Step(Phase.RESTORED, answers))

@@ -315,7 +315,10 @@ def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
         if chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             continue
-        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+        # done only once the command exited AND the server said EOF: an exit status can arrive while
+        # output is still in flight, and stopping then truncates a large file
+        if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() \
+                and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"no exit after {timeout:.0f}s")

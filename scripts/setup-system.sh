@@ -19,6 +19,18 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing
 fi
+# Exim and Sendmail conflict with Postfix as installed packages; the lab unpacks their .debs into a
+# layer of its own for each such host (remediate/lab/mtas.py), so only download them here.
+debs=/var/cache/remediate-lab/debs
+want="exim4-base exim4-config exim4-daemon-light libidn12"
+mkdir -p "$debs"
+absent=""
+for p in $want; do ls "$debs/${p}_"*.deb >/dev/null 2>&1 || absent="$absent $p"; done
+if [ -n "$absent" ]; then
+  [ -n "$missing" ] || apt-get update -qq
+  (cd "$debs" && apt-get download -qq $absent 2>&1 | grep -v "couldn't be accessed by user '_apt'" || true)
+  for p in $absent; do ls "$debs/${p}_"*.deb >/dev/null 2>&1 || { echo "setup-system.sh: could not download $p" >&2; exit 1; }; done
+fi
 # Debian starts services at install time when it can; the lab runs its own copies in
 # namespaces, so the machine's own postfix and sshd are stopped and left alone.
 for svc in postfix ssh; do

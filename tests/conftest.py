@@ -1,4 +1,4 @@
-"""Shared fixtures. The lab fixture is the only way tests reach hosts: real sshd, real Postfix."""
+"""Shared fixtures. The lab fixture is the only way tests reach hosts: real sshd, real Postfix and Exim."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 LAB_STATE = Path(os.environ.get("REMEDIATE_TEST_LAB_STATE", "/run/remediate-lab-test"))
 LAB_SUBNET = os.environ.get("REMEDIATE_TEST_LAB_SUBNET", "10.98.0.0/24")
 LAB_PREFIX = os.environ.get("REMEDIATE_TEST_LAB_PREFIX", "rmtest")
-# one host per scenario, plus spare open-relay hosts for tests that break things on purpose
+# one host per scenario, plus spare open-relay hosts for tests that break things on purpose; then one
+# Exim host per Exim scenario
 LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map", "secure", "messy",
-                 "sudo-user", "open-relay", "open-relay"]
+                 "sudo-user", "open-relay", "open-relay",
+                 "exim-secure", "exim-relay-nets", "exim-anonymous", "exim-shadowing", "exim-split-no-gate",
+                 "exim-unused-relay-nets"]
 
 
 @pytest.fixture(scope="session")

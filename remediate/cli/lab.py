@@ -10,6 +10,7 @@ import typer
 
 from remediate.cli.common import fail, out
 from remediate.errors import LabError
+from remediate.lab.mtas import DEFAULT_MTA, MTAS
 
 app = typer.Typer(no_args_is_help=True, help="A lab of real mail hosts (sshd + an MTA) in namespaces.")
 LabState = Annotated[Path, typer.Option("--state-dir", help="the lab's state folder")]
@@ -29,13 +30,22 @@ def lab_up(hosts: Annotated[int | None, typer.Option("--hosts", help="number of 
            inventory_out: Annotated[Path | None, typer.Option("--inventory-out", help="also write the "
                                                                 "inventory here")] = None,
            subnet: Annotated[str, typer.Option("--subnet")] = "10.99.0.0/24",
+           mta: Annotated[list[str] | None, typer.Option("--mta", help=f"{', '.join(MTAS)} (repeat or "
+                                                          "comma-separate); with --scenario all: every scenario "
+                                                          f"of each; default {DEFAULT_MTA}")] = None,
            state_dir: LabState = Path("/run/remediate-lab")) -> None:
     """Start lab hosts and write an inventory for them."""
-    from remediate.lab import SCENARIOS
+    from remediate.lab.scenarios import DEFAULT_SCENARIOS, scenarios_of
 
+    kinds = [m for item in (mta or [DEFAULT_MTA]) for m in item.split(",") if m]
+    unknown = [m for m in kinds if m not in MTAS]
+    if unknown:
+        raise fail(f"--mta {unknown[0]}: the lab runs {', '.join(MTAS)}")
     names = [s for item in (scenario or []) for s in item.split(",") if s]
     if names == ["all"]:
-        names = list(SCENARIOS)
+        names = [name for kind in kinds for name in scenarios_of(kind)]
+    elif not names and mta:
+        names = [DEFAULT_SCENARIOS[kind] for kind in kinds]
     count = hosts or (len(names) if names else 3)
     lab = _lab(state_dir)
     started = time.monotonic()

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from remediate.errors import LabError, LabSetupError
-from remediate.lab import net
+from remediate.lab import mtas, net
 from remediate.lab.scenarios import SCENARIOS, scenario_files
 
 DEFAULT_STATE = Path("/run/remediate-lab")
@@ -67,6 +67,10 @@ class LabHost:
     def user(self) -> str:
         return OPS_USER if SCENARIOS[self.scenario].sudo_user else "root"
 
+    @property
+    def mta(self) -> str:
+        return SCENARIOS[self.scenario].mta
+
 
 def missing_requirements() -> list[str]:
     """Debian packages the lab needs that are not installed (by the file each one provides)."""
@@ -82,6 +86,7 @@ class Lab:
         self.prefix = "rmlab"
         self.subnet = ipaddress.ip_network("10.99.0.0/24")
         self.hosts: list[LabHost] = []
+        self.layers: dict[str, str] = {}     # mta -> mounted layer of its packages
         self.bridge_created = False
         self._save_lock = threading.Lock()
         if self.state_file.exists():
@@ -112,6 +117,7 @@ class Lab:
         data = json.loads(self.state_file.read_text())
         self.prefix, self.subnet = data["prefix"], ipaddress.ip_network(data["subnet"])
         self.bridge_created = data["bridge_created"]
+        self.layers = data.get("layers", {})
         self.hosts = [LabHost(**h) for h in data["hosts"]]
 
     def _save(self) -> None:
@@ -121,7 +127,7 @@ class Lab:
     def _save_unlocked(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         data = {"prefix": self.prefix, "subnet": str(self.subnet), "bridge_created": self.bridge_created,
-                "hosts": [asdict(h) for h in self.hosts]}
+                "layers": self.layers, "hosts": [asdict(h) for h in self.hosts]}
         tmp = self.state_file.with_suffix(".tmp")
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=1)
@@ -157,6 +163,8 @@ class Lab:
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown:
             raise LabError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
+        for mta in {SCENARIOS[s].mta for s in scenarios}:
+            mtas.debs(mta)   # LabSetupError naming what scripts/setup-system.sh must download
         self.prefix, self.subnet = prefix, ipaddress.ip_network(subnet)
         if count < 1 or count > min(200, self.subnet.num_addresses - 12):
             raise LabError(f"--hosts must be between 1 and {min(200, self.subnet.num_addresses - 12)}")
@@ -176,6 +184,11 @@ class Lab:
         self.bridge_created = True
         self._save()
         self._make_credentials()
+        for mta in sorted({SCENARIOS[scenarios[i % len(scenarios)]].mta for i in range(count)}):
+            if mtas.MTAS[mta].packages:
+                self.layers[mta] = str(self.state_dir / "layers" / mta)
+                self._save()
+                mtas.build_layer(mta, Path(self.layers[mta]))
         for i in range(count):
             name = f"mx{i + 1}"
             h = LabHost(name=name, address=str(self.subnet.network_address + 11 + i),
@@ -214,13 +227,19 @@ class Lab:
         if not keyfile.exists():  # kept across `reset`, so known_hosts stays true
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.fqdn, "-f", str(keyfile)],
                            check=True)
+        mta = mtas.MTAS[h.mta]
+        stock = Path(self.layers.get(h.mta, "/"))
         files: dict[str, tuple[str, int, int]] = {
-            path: (text, 0o644, 0) for path, text in scenario_files(h.scenario, h.fqdn).items()}
+            path: (text, 0o644, 0) for path, text in scenario_files(h.scenario, h.fqdn, stock).items()}
         passwd = Path("/etc/passwd").read_text()
         if f"\n{OPS_USER}:" not in "\n" + passwd:
             passwd += f"{OPS_USER}:x:{OPS_UID}:{OPS_UID}::/home/{OPS_USER}:/bin/bash\n"
         group = Path("/etc/group").read_text() + f"{OPS_USER}:x:{OPS_UID}:\n"
         shadow = Path("/etc/shadow").read_text() + f"{OPS_USER}:*:20000:0:99999:7:::\n"
+        for user, uid, home in mta.users:   # what the MTA's maintainer scripts would have added
+            passwd += f"{user}:x:{uid}:{uid}::{home}:/usr/sbin/nologin\n"
+            group += f"{user}:x:{uid}:\n"
+            shadow += f"{user}:*:20000:0:99999:7:::\n"
         files.update({
             "/etc/hostname": (h.fqdn + "\n", 0o644, 0),
             "/etc/mailname": (h.fqdn + "\n", 0o644, 0),
@@ -238,15 +257,20 @@ class Lab:
             "/etc/ssl/remediate-lab/tls.pem": ((self.state_dir / "tls.pem").read_text(), 0o644, 0),
             "/etc/ssl/remediate-lab/tls.key": ((self.state_dir / "tls.key").read_text(), 0o600, 0),
         })
+        uids = {user: uid for user, uid, _ in mta.users}
+        for path, mode, owner in mta.dirs:
+            _mkdirs_like(upper, Path(path), 0, stock)
+            os.chmod(upper / path.lstrip("/"), mode)
+            os.chown(upper / path.lstrip("/"), uids.get(owner, 0), uids.get(owner, 0))
         for path, (text, mode, uid) in files.items():
             target = upper / path.lstrip("/")
-            _mkdirs_like(upper, Path(path).parent, uid)
+            _mkdirs_like(upper, Path(path).parent, uid, stock)
             target.write_text(text)
             os.chmod(target, mode)
             os.chown(target, uid, uid)
         spec = {"root": str(base / "root"), "upper": str(upper), "work": str(base / "work"),
-                "hostname": h.fqdn,
-                "start": [["/usr/sbin/sshd"], ["/usr/sbin/postfix", "start"]]}
+                "hostname": h.fqdn, "layers": [self.layers[h.mta]] if h.mta in self.layers else [],
+                "start": [["/usr/sbin/sshd"], *[list(argv) for argv in mta.start]]}
         (base / "spec.json").write_text(json.dumps(spec))
         return " ".join(keyfile.with_suffix(".pub").read_text().split()[:2])
 
@@ -301,9 +325,13 @@ class Lab:
         for link in net.link_names():
             if link.startswith(self.prefix + "-") or link == self.bridge:
                 net.delete_link(link)
+        for layer in self.layers.values():
+            mtas.remove_layer(Path(layer))
+        for layer in glob.glob(str(self.state_dir / "layers" / "*")):   # a record lost in a crash
+            mtas.remove_layer(Path(layer))
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
-        self.hosts, self.bridge_created = [], False
+        self.hosts, self.bridge_created, self.layers = [], False, {}
 
     # ----------------------------------------------------------------- operate
     def status(self) -> list[dict[str, object]]:
@@ -335,8 +363,9 @@ class Lab:
 
     def service(self, name: str, which: str, action: str) -> None:
         """Start or stop `sshd` or `mta` on host `name`."""
+        mta = mtas.MTAS[self.host(name).mta]
         if which == "mta":
-            self.exec(name, ["/usr/sbin/postfix", action], check=True)
+            self.exec(name, list(mta.start[-1] if action == "start" else mta.stop), check=True)
         elif which == "sshd" and action == "start":
             self.exec(name, ["/usr/sbin/sshd"], check=True)
         elif which == "sshd" and action == "stop":
@@ -368,6 +397,8 @@ class Lab:
             entry: dict[str, object] = {"address": h.address, "mail_domain": h.fqdn}
             if h.user != "root":
                 entry.update(user=h.user, become=True)
+            if h.mta != "postfix":
+                entry.update(mta=h.mta)
             hosts[h.name] = entry
         write_inventory(str(path), defaults={
             "user": "root", "identity_file": str(self.key_file), "known_hosts": str(self.known_hosts),
@@ -375,8 +406,9 @@ class Lab:
             hosts=hosts)
 
 
-def _mkdirs_like(upper: Path, path: Path, uid: int) -> None:
-    """Create `path` under `upper`, copying each existing directory's mode and owner from the machine."""
+def _mkdirs_like(upper: Path, path: Path, uid: int, stock: Path = Path("/")) -> None:
+    """Create `path` under `upper`, copying each existing directory's mode and owner from the MTA's layer
+    (`stock`) or the machine."""
     current = Path("/")
     for part in path.parts[1:]:
         current = current / part
@@ -384,8 +416,9 @@ def _mkdirs_like(upper: Path, path: Path, uid: int) -> None:
         if target.exists():
             continue
         target.mkdir()
-        if current.exists():
-            st = current.stat()
+        packaged = stock / current.relative_to("/")
+        if packaged.exists() or current.exists():
+            st = (packaged if packaged.exists() else current).stat()
             os.chmod(target, st.st_mode & 0o7777)
             os.chown(target, st.st_uid, st.st_gid)
         else:

@@ -1,4 +1,4 @@
-"""Pid 1 of one lab host: builds its root filesystem view, starts sshd and Postfix, reaps, waits.
+"""Pid 1 of one lab host: builds its root filesystem view, starts sshd and its MTA, reaps, waits.
 
 Run by the lab as
     nsenter --net=/run/netns/NS unshare --mount --pid --uts --ipc --fork --kill-child=SIGKILL \
@@ -37,8 +37,9 @@ def build_root(spec: dict) -> str:
     """Mount the host's view under spec['root'] and return it. Raises CalledProcessError on failure."""
     root, upper, work = spec["root"], spec["upper"], spec["work"]
     _run(["mount", "--make-rprivate", "/"])
+    lower = ":".join([*spec.get("layers", []), "/"])   # an MTA's packages over the machine's root
     _run(["mount", "-t", "overlay", "overlay", "-o",
-          f"lowerdir=/,upperdir={upper},workdir={work}", root])
+          f"lowerdir={lower},upperdir={upper},workdir={work}", root])
     _run(["mount", "-t", "proc", "proc", f"{root}/proc"])
     _run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", f"{root}/tmp"])
     _run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", f"{root}/run"])

@@ -1,8 +1,10 @@
-"""Starting states of lab hosts: the Postfix files each scenario writes over Debian's defaults.
+"""Starting states of lab hosts: the files each scenario writes over its MTA's Debian defaults.
 
-The base main.cf is what Debian 12's postfix package writes for an "Internet Site" with TLS enabled;
-master.cf is the machine's own (the package default). Each scenario returns the files it places in the
-host's private filesystem, keyed by absolute path.
+Postfix scenarios: the base main.cf is what Debian 12's postfix package writes for an "Internet Site" with
+TLS enabled; master.cf is the machine's own (the package default). Exim scenarios live in
+`remediate.lab.exim_scenarios`. Each scenario returns the files it places in the host's private
+filesystem, keyed by absolute path; `stock` is the root its MTA's packaged files are read from (the
+machine's root, or the MTA's unpacked layer).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from remediate.lab import exim_scenarios as exim
 
 DEBIAN_MAIN_CF = """\
 # See /usr/share/postfix/main.cf.dist for a commented, more complete version
@@ -79,13 +83,20 @@ mynetworks =
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """A starting state: `files` builds {path: text}; `vulnerable` says what a scan must find."""
+    """A starting state of an `mta` host: `files(fqdn, stock)` builds {path: text}; `findings` says what a
+    scan must find from outside."""
 
     name: str
     description: str
     findings: tuple[str, ...]
-    files: Callable[[str, str], dict[str, str]]
+    files: Callable[[str, Path], dict[str, str]]
     sudo_user: bool = False
+    mta: str = "postfix"
+
+
+def _postfix(build: Callable[[str, str], dict[str, str]]) -> Callable[[str, Path], dict[str, str]]:
+    """A Postfix scenario builder given the packaged master.cf."""
+    return lambda fqdn, stock: build(fqdn, (stock / "etc/postfix/master.cf").read_text())
 
 
 def _main(fqdn: str, extra: str = "", mynetworks: str | None = None) -> str:
@@ -134,22 +145,38 @@ def _messy(fqdn: str, master: str) -> dict[str, str]:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("open-relay", "mynetworks = 0.0.0.0/0", ("open_relay",), _open_relay),
+    Scenario("open-relay", "mynetworks = 0.0.0.0/0", ("open_relay",), _postfix(_open_relay)),
     Scenario("anonymous-auth", "Cyrus SASL with ANONYMOUS and empty smtpd_sasl_security_options",
-             ("anonymous_auth",), _anonymous_auth),
+             ("anonymous_auth",), _postfix(_anonymous_auth)),
     Scenario("master-override", "main.cf safe; master.cf smtp service has -o mynetworks=0.0.0.0/0",
-             ("open_relay",), _master_override),
+             ("open_relay",), _postfix(_master_override)),
     Scenario("access-map", "check_client_access cidr table answering OK for every client",
-             ("open_relay",), _access_map),
-    Scenario("secure", "Debian's defaults", (), _secure),
+             ("open_relay",), _postfix(_access_map)),
+    Scenario("secure", "Debian's defaults", (), _postfix(_secure)),
     Scenario("messy", "continuation lines, comments, mynetworks set twice (last, open, wins)",
-             ("open_relay",), _messy),
+             ("open_relay",), _postfix(_messy)),
     Scenario("sudo-user", "as open-relay, reached as a non-root user with become",
-             ("open_relay",), _open_relay, sudo_user=True),
+             ("open_relay",), _postfix(_open_relay), sudo_user=True),
+    Scenario("exim-secure", "Debian's exim4-config for an internet site", (), exim.secure, mta="exim"),
+    Scenario("exim-relay-nets", "dc_relay_nets='0.0.0.0/0'", ("open_relay",), exim.relay_nets, mta="exim"),
+    Scenario("exim-anonymous", "an always-succeeding plaintext authenticator advertised as ANONYMOUS",
+             ("anonymous_auth", "open_relay"), exim.anonymous, mta="exim"),
+    Scenario("exim-shadowing", "a hand-written /etc/exim4/exim4.conf (relay_from_hosts 0.0.0.0/0) shadows the "
+             "generated one", ("open_relay",), exim.shadowing, mta="exim"),
+    Scenario("exim-split-no-gate", "split configuration; the RCPT ACL lost its relay gate (smarthost system)",
+             ("open_relay",), exim.split_gate_removed, mta="exim"),
+    Scenario("exim-unused-relay-nets", "relay_from_hosts narrowed but the ACL accepts hosts = 0.0.0.0/0",
+             ("open_relay",), exim.relay_from_hosts_unused, mta="exim"),
 )}
+DEFAULT_SCENARIOS = {"postfix": "open-relay", "exim": "exim-relay-nets"}
 
 
-def scenario_files(name: str, fqdn: str) -> dict[str, str]:
-    """The Postfix files of scenario `name` for a host called `fqdn`. KeyError if unknown."""
-    master = Path("/etc/postfix/master.cf").read_text()
-    return SCENARIOS[name].files(fqdn, master)
+def scenarios_of(mta: str) -> list[str]:
+    """Every scenario of `mta`, in definition order."""
+    return [s.name for s in SCENARIOS.values() if s.mta == mta]
+
+
+def scenario_files(name: str, fqdn: str, stock: Path = Path("/")) -> dict[str, str]:
+    """The files of scenario `name` for a host called `fqdn`, its MTA's packaged files read under `stock`.
+    KeyError if unknown."""
+    return SCENARIOS[name].files(fqdn, stock)

@@ -173,13 +173,20 @@ class PlaybookDriver:
     def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]:
         return ()
 
+    def live_files(self, facts: Facts) -> frozenset[str]:
+        """The files the MTA reads today; a policy's steps on any other file are skipped (subclasses narrow)."""
+        return frozenset(self.playbook.files)
+
     def candidate(self, facts: Facts, host: Host, policy: Policy) -> Candidate:
-        """Apply the policy's transforms in order (pure); the diff is computed here, on the controller."""
+        """Apply the policy's transforms in order (pure) to the live files; the diff is computed here, on
+        the controller."""
         files = self.playbook.files
         texts = facts.texts()
         variables = self.variables(host)
+        live = self.live_files(facts)
         for step in policy.steps:
-            texts[step.file] = step.fn(texts[step.file], **resolve_args(step.args, variables, texts))
+            if step.file in live:
+                texts[step.file] = step.fn(texts[step.file], **resolve_args(step.args, variables, texts))
         changed = tuple(n for n in files if texts[n] != facts.text(n))
         diff = "".join(
             "".join(difflib.unified_diff(facts.text(n).splitlines(keepends=True), texts[n].splitlines(keepends=True),
@@ -214,14 +221,19 @@ class PlaybookDriver:
         against the copy. The copy is removed in every case."""
         pb = self.playbook
         with shell.tempdir("remediate-validate") as tmp:
-            shell.copy_tree(pb.config_dir, tmp)
-            for name, path in pb.files.items():
-                st = facts.stats[name]
-                shell.write_atomic(private_path(pb.config_dir, tmp, path), cand.data(name), mode=st.mode,
-                                   uid=st.uid, gid=st.gid)
+            self.write_copy(shell, facts, cand, tmp)
             for argv in pb.validate:
                 self._compare(shell, argv, tmp, host)
             return self.simulate(shell, tmp, host, policy)
+
+    def write_copy(self, shell: Shell, facts: Facts, cand: Candidate, tmp: str) -> None:
+        """The private copy: `config_dir` copied into `tmp`, then every changed file as the candidate has it."""
+        pb = self.playbook
+        shell.copy_tree(pb.config_dir, tmp)
+        for name in cand.changed:
+            st = facts.stats[name]
+            shell.write_atomic(private_path(pb.config_dir, tmp, pb.files[name]), cand.data(name), mode=st.mode,
+                               uid=st.uid, gid=st.gid)
 
     def _compare(self, shell: Shell, argv: tuple[str, ...], tmp: str, host: Host) -> None:
         live_dir = self.playbook.config_dir

@@ -98,11 +98,13 @@ def _leftovers(prefix: str, pids: list[int]) -> list[str]:
 
 def test_down_leaves_nothing_behind_and_can_run_twice(tmp_path):
     lab = Lab(tmp_path / "lab")
-    lab.up(2, ["secure"], subnet="10.96.0.0/24", prefix="rmdown")
+    lab.up(2, ["secure", "exim-secure"], subnet="10.96.0.0/24", prefix="rmdown")
     pids = [p for h in lab.hosts for p in (h.pid, h.init_pid) if p]
     assert len(pids) == 4
+    assert any(str(tmp_path) in line for line in Path("/proc/mounts").read_text().splitlines())  # the Exim layer
     lab.down()
     assert _leftovers("rmdown", pids) == []
+    assert not any(str(tmp_path) in line for line in Path("/proc/mounts").read_text().splitlines())
     Lab(tmp_path / "lab").down()
     assert not (tmp_path / "lab").exists()
 
