@@ -16,14 +16,8 @@ from hypothesis import strategies as st
 
 from remediate.errors import ConfigError
 from remediate.mta.exim import rules
-from remediate.mta.exim.syntax import (
-    debian_list,
-    dominant_eol,
-    exim_list_notation,
-    parse_config,
-    split_lines,
-    split_list,
-)
+from remediate.mta.exim.syntax import debian_list, exim_list_notation, parse_config, split_list
+from remediate.mta.lines import dominant_eol, split_lines
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "exim"
 TRUSTED = ["127.0.0.0/8", "::::1/128"]

@@ -50,7 +50,6 @@ from remediate.mta.exim.syntax import (
     Statement,
     debian_list,
     debian_without,
-    dominant_eol,
     exim_list_notation,
     insert_lines,
     join_lines,
@@ -62,6 +61,7 @@ from remediate.mta.exim.syntax import (
     split_list,
     without,
 )
+from remediate.mta.lines import dominant_eol
 
 __all__ = ["POLICIES", "audit", "disable_open_authenticators", "ensure_relay_gate", "exim_list_notation",
            "restrict_acl_hosts", "restrict_relay_domains", "restrict_relay_nets", "update_conf_value"]

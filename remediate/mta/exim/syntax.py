@@ -29,11 +29,11 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-WHITESPACE = " \t\r\n\f\v"
+from remediate.mta.lines import WHITESPACE, PhysicalLine, join_lines, split_lines
+
 VERBS = frozenset({"accept", "defer", "deny", "discard", "drop", "require", "warn"})
 BLOCK_SECTIONS = frozenset({"acl", "routers", "transports", "authenticators", "unknown"})
 MACRO_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
-_LINE = re.compile(r"[^\n]*\n|[^\n]+")
 _DIRECTIVE = re.compile(r"\.(ifdef|ifndef|elifdef|elifndef|else|endif|include|include_if_exists)\b")
 _BEGIN = re.compile(r"begin\s+(\w+)")
 _MACRO = re.compile(r"([A-Z][A-Za-z0-9_]*)\s*==?\s*(.*)", re.DOTALL)
@@ -44,13 +44,6 @@ _SETTING = re.compile(r"(!?)\s*(?:hide\s+)?([A-Za-z_]\w*)")
 _ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_]\w*)=")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-
-@dataclass(frozen=True, slots=True)
-class PhysicalLine:
-    """One line of a file: its text without the line ending, and that ending (``\\r\\n``, ``\\n``, ``""``)."""
-
-    body: str
-    eol: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,26 +166,9 @@ class Config:
         return {named.name: named.value for named in self.lists if named.kind == kind}
 
 
-def split_lines(text: str) -> list[PhysicalLine]:
-    """Split on ``\\n``; ``"".join(body + eol)`` gives ``text`` back exactly."""
-    lines = []
-    for match in _LINE.finditer(text):
-        raw = match.group()
-        eol = "\r\n" if raw.endswith("\r\n") else "\n" if raw.endswith("\n") else ""
-        lines.append(PhysicalLine(raw[:len(raw) - len(eol)], eol))
-    return lines
 
 
-def dominant_eol(lines: Sequence[PhysicalLine]) -> str:
-    """The file's line ending: ``\\r\\n`` when most lines use it, otherwise ``\\n``."""
-    crlf = sum(1 for line in lines if line.eol == "\r\n")
-    return "\r\n" if crlf > sum(1 for line in lines if line.eol == "\n") else "\n"
 
-
-def join_lines(lines: Iterable[PhysicalLine], original: str) -> str:
-    """Join lines; when ``original`` had no final line ending, the result has none either."""
-    text = "".join(line.body + line.eol for line in lines)
-    return text.removesuffix("\n").removesuffix("\r") if original and not original.endswith("\n") else text
 
 
 def read_logical(lines: Sequence[PhysicalLine], index: int) -> tuple[Logical, int]:

@@ -14,20 +14,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-WHITESPACE = " \t\r\n\f\v"
-_LINE = re.compile(r"[^\n]*\n|[^\n]+")
+from remediate.mta.lines import WHITESPACE, PhysicalLine, dominant_eol, join_lines, split_lines
+
 _NAME_VALUE = re.compile(r"([^\s=]+)[ \t\r\f\v]*=(.*)", re.DOTALL)
 _TAKES_ARGUMENT = re.compile(r"check_(?!relay_domains$)\w+|reject_rbl_client|reject_rhsbl_\w+|"
                              r"permit_dnswl_client|permit_rhswl_client|sleep")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-
-@dataclass(frozen=True, slots=True)
-class PhysicalLine:
-    """One line of a file: its text without the line ending, and that ending (``\\r\\n``, ``\\n``, ``""``)."""
-
-    body: str
-    eol: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,25 +84,6 @@ class Service:
         return self.command.rsplit("/", 1)[-1] == "smtpd"
 
 
-def split_lines(text: str) -> list[PhysicalLine]:
-    """Split on ``\\n`` only (as Postfix does); ``"".join(body + eol)`` gives ``text`` back exactly."""
-    lines = []
-    for match in _LINE.finditer(text):
-        raw = match.group()
-        if raw.endswith("\r\n"):
-            lines.append(PhysicalLine(raw[:-2], "\r\n"))
-        elif raw.endswith("\n"):
-            lines.append(PhysicalLine(raw[:-1], "\n"))
-        else:
-            lines.append(PhysicalLine(raw, ""))
-    return lines
-
-
-def dominant_eol(lines: Sequence[PhysicalLine]) -> str:
-    """The file's line ending: ``\\r\\n`` when most lines use it, otherwise ``\\n``."""
-    crlf = sum(1 for line in lines if line.eol == "\r\n")
-    lf = sum(1 for line in lines if line.eol == "\n")
-    return "\r\n" if crlf > lf else "\n"
 
 
 def logical_lines(lines: Sequence[PhysicalLine]) -> list[tuple[int, ...]]:
@@ -235,15 +209,7 @@ def parse_network(entry: str) -> Network | None:
     return None
 
 
-def _rejoin(lines: Sequence[PhysicalLine], original: str) -> str:
-    """Join lines; when the original had no final line ending, the result keeps that state."""
-    text = "".join(line.body + line.eol for line in lines)
-    if original and not original.endswith("\n"):
-        if text.endswith("\r\n"):
-            text = text[:-2]
-        elif text.endswith("\n"):
-            text = text[:-1]
-    return text
+
 
 
 def set_parameter(text: str, name: str, value: str) -> str:
@@ -268,7 +234,7 @@ def set_parameter(text: str, name: str, value: str) -> str:
     new_lines[first] = PhysicalLine(new_body, lines[first].eol)
     for index in sorted(target.lines[1:], reverse=True):
         del new_lines[index]
-    return _rejoin(new_lines, text)
+    return join_lines(new_lines, text)
 
 
 def _tokens(lines: Sequence[PhysicalLine], group: Sequence[int]) -> list[Token]:
@@ -383,4 +349,4 @@ def remove_overrides(text: str, overrides: Iterable[Override]) -> str:
             del new_lines[index]
         else:
             new_lines[index] = PhysicalLine(body, lines[index].eol)
-    return _rejoin(new_lines, text)
+    return join_lines(new_lines, text)

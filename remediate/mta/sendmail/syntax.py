@@ -32,6 +32,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from remediate.mta.lines import PhysicalLine, dominant_eol, split_lines
+
 SPACE = " \t\n\r\f\v"
 #: what a disabled m4 line starts with: m4 drops the rest of a `dnl` line unread
 DISABLED = "dnl # remediate: "
@@ -44,35 +46,13 @@ BUILTINS = frozenset({
     "format", "regexp", "patsubst", "traceon", "traceoff", "dumpdef", "maketemp", "mkstemp", "lower", "upper"})
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UPPER = re.compile(r"[A-Z][A-Z0-9_]*")
-_LINE = re.compile(r"[^\n]*\n|[^\n]+")
 _OCTETS = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){0,3}")
 _GROUPS = re.compile(r"[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6}")
 _TAG = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(.+)")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, slots=True)
-class PhysicalLine:
-    """One line: its text without the line ending, and that ending (``\\r\\n``, ``\\n`` or ``""``)."""
 
-    body: str
-    eol: str
-
-
-def split_lines(text: str) -> list[PhysicalLine]:
-    """Split on ``\\n``; ``"".join(body + eol)`` gives ``text`` back exactly."""
-    lines = []
-    for match in _LINE.finditer(text):
-        raw = match.group()
-        eol = "\r\n" if raw.endswith("\r\n") else "\n" if raw.endswith("\n") else ""
-        lines.append(PhysicalLine(raw[: len(raw) - len(eol)], eol))
-    return lines
-
-
-def dominant_eol(lines: Sequence[PhysicalLine]) -> str:
-    """The file's line ending: ``\\r\\n`` when most lines use it, otherwise ``\\n``."""
-    crlf = sum(1 for line in lines if line.eol == "\r\n")
-    return "\r\n" if crlf > sum(1 for line in lines if line.eol == "\n") else "\n"
 
 
 def line_starts(lines: Sequence[PhysicalLine]) -> list[int]:
