@@ -20,6 +20,7 @@ from remediate.errors import ValidationError
 from remediate.model import Finding, Host, ProbeContext
 from remediate.mta.base import Facts, PlaybookDriver, Simulation
 from remediate.mta.exim import rules
+from remediate.mta.exim.authall import audit_auth_all, require_auth_all
 from remediate.mta.exim.syntax import exim_list_notation
 from remediate.mta.playbook import Policy, Transform, fill
 from remediate.probe import simulate as simulated_session
@@ -35,6 +36,7 @@ TRANSFORMS: Mapping[str, Transform] = MappingProxyType({
     "disable_open_authenticators": rules.disable_open_authenticators,
     "restrict_acl_hosts": rules.restrict_acl_hosts,
     "ensure_relay_gate": rules.ensure_relay_gate,
+    "require_auth_all": require_auth_all,
 })
 ABSENT = FileStat(0o644, 0, 0, 0, 0)
 
@@ -69,8 +71,12 @@ class EximDriver(PlaybookDriver):
     def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]:
         chosen = {name: texts[name] for name in self.playbook.files if name in live(texts)}  # in reading order
         paths = {name: self.playbook.files[name] for name in chosen}
-        return tuple(rules.audit(chosen, paths, trusted_networks=self.variables(host)["trusted_networks"],
-                                 policy=host.policy))
+        found = rules.audit(chosen, paths, trusted_networks=self.variables(host)["trusted_networks"],
+                            policy=host.policy)
+        if host.policy == "auth-all":
+            configs = {n: t for n, t in chosen.items() if n not in ("update_conf", "listmacros")}
+            found += audit_auth_all(configs, paths)
+        return tuple(found)
 
     def probe_context(self, host: Host, facts: Facts | None) -> ProbeContext:
         if facts is None:
