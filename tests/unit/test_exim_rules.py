@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import itertools
 import re
@@ -18,6 +17,7 @@ from remediate.errors import ConfigError
 from remediate.mta.exim import rules
 from remediate.mta.exim.syntax import debian_list, exim_list_notation, parse_config, split_list
 from remediate.mta.lines import dominant_eol, split_lines
+from tests.textdiff import diff, lines
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "exim"
 TRUSTED = ["127.0.0.0/8", "::::1/128"]
@@ -43,22 +43,6 @@ def apply_all(names: list[str], text: str) -> str:
     for name in names:
         text = run(name, text)
     return text
-
-
-def lines(text: str) -> list[str]:
-    return re.findall(r"[^\n]*\n|[^\n]+", text)
-
-
-def diff(before: str, after: str) -> tuple[list[str], list[str]]:
-    """(lines removed from `before`, lines added in `after`), line endings included."""
-    a, b = lines(before), lines(after)
-    removed: list[str] = []
-    added: list[str] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        if tag != "equal":
-            removed += a[i1:i2]
-            added += b[j1:j2]
-    return removed, added
 
 
 def found(findings: list[Any]) -> list[tuple[str, str | None, str | None, int | None]]:

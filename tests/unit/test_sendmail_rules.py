@@ -17,7 +17,6 @@ CRLF endings and no final newline. The expected outputs (``*.expected``) were ch
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from remediate.mta.sendmail.rules import (
     served_domains,
 )
 from remediate.mta.sendmail.syntax import COMMENTED, DISABLED, key_network, parse_access, parse_mc
+from tests.textdiff import diff, lines
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "sendmail"
 TRUSTED = ["127.0.0.0/8", "::1/128"]
@@ -65,22 +65,6 @@ def access_policy(text: str, trusted: list[str] = TRUSTED) -> str:
 
 def found(texts: dict[str, str], trusted: list[str] = TRUSTED) -> list[tuple[str, int | None, str | None]]:
     return [(f.code, f.line, f.parameter) for f in audit(texts, PATHS, trusted_networks=trusted)]
-
-
-def lines(text: str) -> list[str]:
-    return re.findall(r"[^\n]*\n|[^\n]+", text)
-
-
-def diff(before: str, after: str) -> tuple[list[str], list[str]]:
-    """(lines removed from `before`, lines added in `after`), line endings included."""
-    a, b = lines(before), lines(after)
-    removed: list[str] = []
-    added: list[str] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        if tag != "equal":
-            removed += a[i1:i2]
-            added += b[j1:j2]
-    return removed, added
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from remediate.errors import ConfigError
 from remediate.mta.postfix.driver import TRANSFORMS
 from remediate.mta.postfix.rules import audit, get_parameter, postfix_effective
+from tests.textdiff import diff, lines
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 TRUSTED = ["127.0.0.0/8", "[::1]/128"]
@@ -45,22 +45,6 @@ def apply_policy(main_cf: str, master_cf: str, policy: str = "relay-auth") -> tu
     for name in RELAY_AUTH_MAIN if policy == "relay-auth" else AUTH_ALL_MAIN:
         main_cf = run(name, main_cf)
     return main_cf, run("remove_unsafe_overrides", master_cf, main_cf)
-
-
-def lines(text: str) -> list[str]:
-    return re.findall(r"[^\n]*\n|[^\n]+", text)
-
-
-def diff(before: str, after: str) -> tuple[list[str], list[str]]:
-    """(lines removed from `before`, lines added in `after`), line endings included."""
-    a, b = lines(before), lines(after)
-    removed: list[str] = []
-    added: list[str] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        if tag != "equal":
-            removed += a[i1:i2]
-            added += b[j1:j2]
-    return removed, added
 
 
 # ---------------------------------------------------------------------------------------------------------
