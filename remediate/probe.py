@@ -41,6 +41,10 @@ from remediate.smtp import (
 )
 
 SENDER, RECIPIENT = "antispam", "relaytest"  # nmap's F and T
+#: the local-delivery check sends as the null sender: every MTA must take mail from <> for postmaster
+#: (RFC 5321 4.5.1, 6.1), and it needs no DNS (a named sender domain that does not resolve gets a 4xx
+#: from Sendmail and Exim with sender verification, which would say nothing about inbound mail)
+LOCAL_SENDER = ""
 _MAX_STRIKES = 2
 
 
@@ -230,7 +234,7 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
         attempts.append(link.attempt(form, mail_from, rcpt_to))
     local = None
     if local_domain:  # recorded as dropped if the link gave up
-        local = link.attempt(0, f"{SENDER}@{probe_domain}", f"postmaster@{local_domain}")
+        local = link.attempt(0, LOCAL_SENDER, f"postmaster@{local_domain}")
     link.close()
     errors = list(link.errors)
     if len(attempts) < len(_FORMS):
@@ -297,7 +301,7 @@ def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
                 raise ProbeDropped(f"form {form}: connection dropped during {attempts[-1]}")
             session.rset()
         if local_domain:
-            local = _try_relay(session, 0, f"{SENDER}@{probe_domain}", f"postmaster@{local_domain}")
+            local = _try_relay(session, 0, LOCAL_SENDER, f"postmaster@{local_domain}")
             if local.dropped:
                 raise ProbeDropped(f"local check dropped during {local}")
             session.rset()

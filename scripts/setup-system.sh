@@ -22,7 +22,7 @@ fi
 # Exim and Sendmail conflict with Postfix as installed packages; the lab unpacks their .debs into a
 # layer of its own for each such host (remediate/lab/mtas.py), so only download them here.
 debs=/var/cache/remediate-lab/debs
-want="exim4-base exim4-config exim4-daemon-light libidn12"
+want="exim4-base exim4-config exim4-daemon-light libidn12 sendmail-base sendmail-bin sendmail-cf sensible-mda m4 procmail liblockfile1 liblockfile-bin lockfile-progs"
 mkdir -p "$debs"
 absent=""
 for p in $want; do ls "$debs/${p}_"*.deb >/dev/null 2>&1 || absent="$absent $p"; done

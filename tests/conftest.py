@@ -20,11 +20,13 @@ LAB_STATE = Path(os.environ.get("REMEDIATE_TEST_LAB_STATE", "/run/remediate-lab-
 LAB_SUBNET = os.environ.get("REMEDIATE_TEST_LAB_SUBNET", "10.98.0.0/24")
 LAB_PREFIX = os.environ.get("REMEDIATE_TEST_LAB_PREFIX", "rmtest")
 # one host per scenario, plus spare open-relay hosts for tests that break things on purpose; then one
-# Exim host per Exim scenario
+# Exim host per Exim scenario and one Sendmail host per Sendmail scenario
 LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map", "secure", "messy",
                  "sudo-user", "open-relay", "open-relay",
                  "exim-secure", "exim-relay-nets", "exim-anonymous", "exim-shadowing", "exim-split-no-gate",
-                 "exim-unused-relay-nets"]
+                 "exim-unused-relay-nets",
+                 "sendmail-secure", "sendmail-promiscuous", "sendmail-connect-octets", "sendmail-to-relay",
+                 "sendmail-anonymous", "sendmail-all-addresses"]
 
 
 @pytest.fixture(scope="session")

@@ -243,7 +243,10 @@ class Lab:
         files.update({
             "/etc/hostname": (h.fqdn + "\n", 0o644, 0),
             "/etc/mailname": (h.fqdn + "\n", 0o644, 0),
-            "/etc/hosts": (f"127.0.0.1\tlocalhost\n{h.address}\t{h.fqdn} {h.name}\n", 0o644, 0),
+            "/etc/hosts": (f"127.0.0.1\tlocalhost\n{h.address}\t{h.fqdn} {h.name}\n"
+                           # Sendmail defers relay it cannot judge without a PTR for the client (section 9)
+                           + (f"{self.gateway}\tcontroller.lab.example\n" if h.mta == "sendmail" else ""),
+                           0o644, 0),
             "/etc/passwd": (passwd, 0o644, 0), "/etc/group": (group, 0o644, 0),
             "/etc/shadow": (shadow, 0o640, 0),
             "/etc/sudoers.d/remediate-lab": (f"{OPS_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440, 0),
@@ -454,8 +457,8 @@ def _wait_gone(pid: int | None, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def _answers(address: str, port: int, timeout: float = 1.0) -> bool:
-    """True when a TCP service on address:port sends a greeting line."""
+def _answers(address: str, port: int, timeout: float = 2.5) -> bool:
+    """True when a TCP service on address:port sends a greeting line (Debian's Sendmail pauses 1 s first)."""
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
             return bool(sock.recv(64))

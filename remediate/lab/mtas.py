@@ -35,6 +35,23 @@ class LabMta:
 
 
 EXIM_USER = ("Debian-exim", 3101, "/var/spool/exim4")
+# What sendmail-base and sendmail-bin's maintainer scripts do (update-alternatives, the queue and run
+# directories, the generated .cf files, the maps), then the daemon as Debian's init script starts it.
+SENDMAIL_START = """set -e
+for tool in sendmail makemap mailq newaliases; do ln -sf /usr/libexec/sendmail/sendmail /usr/sbin/$tool; done
+ln -sf /usr/libexec/sendmail/sendmail /usr/sbin/sendmail-mta
+ln -sf /usr/libexec/sendmail/makemap /usr/sbin/makemap
+mkdir -p /etc/mail/m4 /run/sendmail/mta /run/sendmail/msp /run/sendmail/stampdir
+touch /etc/mail/m4/dialup.m4 /etc/mail/m4/provider.m4
+chown root:smmta /run/sendmail/mta; chmod 2755 /run/sendmail/mta
+chown smmsp:smmsp /run/sendmail/msp; chmod 2775 /run/sendmail/msp
+cd /etc/mail
+m4 sendmail.mc > sendmail.cf
+m4 submit.mc > submit.cf
+makemap hash access < access
+/usr/sbin/sendmail-mta -bi
+/usr/sbin/sendmail-mta -L sm-mta -bd -q10m
+"""
 SMMTA_USER, SMMSP_USER = ("smmta", 3102, "/var/lib/sendmail"), ("smmsp", 3103, "/var/lib/sendmail")
 
 MTAS: dict[str, LabMta] = {m.name: m for m in (
@@ -45,6 +62,12 @@ MTAS: dict[str, LabMta] = {m.name: m for m in (
                  ("/var/spool/exim4/input", 0o750, "Debian-exim"), ("/var/spool/exim4/msglog", 0o750, "Debian-exim"),
                  ("/var/log/exim4", 0o750, "Debian-exim"), ("/var/lib/exim4", 0o755, "root")),
            start=(("/etc/init.d/exim4", "start"),), stop=("/etc/init.d/exim4", "stop")),
+    LabMta("sendmail", ("sendmail-base", "sendmail-bin", "sendmail-cf", "sensible-mda", "m4", "procmail",
+                        "liblockfile1", "liblockfile-bin", "lockfile-progs"),
+           users=(SMMTA_USER, SMMSP_USER),
+           dirs=(("/var/spool/mqueue", 0o2750, "root"), ("/var/spool/mqueue-client", 0o2770, "smmsp"),
+                 ("/var/lib/sendmail", 0o2750, "root")),
+           start=(("sh", "-c", SENDMAIL_START),), stop=("pkill", "-x", "sendmail")),
 )}
 
 

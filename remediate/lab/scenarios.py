@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remediate.lab import exim_scenarios as exim
+from remediate.lab import sendmail_scenarios as sendmail
 
 DEBIAN_MAIN_CF = """\
 # See /usr/share/postfix/main.cf.dist for a commented, more complete version
@@ -167,8 +168,20 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              ("open_relay",), exim.split_gate_removed, mta="exim"),
     Scenario("exim-unused-relay-nets", "relay_from_hosts narrowed but the ACL accepts hosts = 0.0.0.0/0",
              ("open_relay",), exim.relay_from_hosts_unused, mta="exim"),
+    Scenario("sendmail-secure", "Debian's sendmail.mc, the MTA listening on every address", (), sendmail.secure,
+             mta="sendmail"),
+    Scenario("sendmail-promiscuous", "FEATURE(`promiscuous_relay')", ("open_relay",), sendmail.promiscuous,
+             mta="sendmail"),
+    Scenario("sendmail-connect-octets", "access: Connect:10 RELAY and Connect:172 RELAY (all of 10/8 and 172/8)",
+             ("open_relay",), sendmail.connect_octets, mta="sendmail"),
+    Scenario("sendmail-to-relay", "access: To:partner.example RELAY (a foreign domain)", (), sendmail.to_relay,
+             mta="sendmail"),
+    Scenario("sendmail-anonymous", "ANONYMOUS in confAUTH_MECHANISMS and TRUST_AUTH_MECH",
+             ("anonymous_auth", "open_relay"), sendmail.anonymous, mta="sendmail"),
+    Scenario("sendmail-all-addresses", "the loopback-only DAEMON_OPTIONS removed: listening on every address",
+             (), sendmail.all_addresses, mta="sendmail"),
 )}
-DEFAULT_SCENARIOS = {"postfix": "open-relay", "exim": "exim-relay-nets"}
+DEFAULT_SCENARIOS = {"postfix": "open-relay", "exim": "exim-relay-nets", "sendmail": "sendmail-promiscuous"}
 
 
 def scenarios_of(mta: str) -> list[str]:
