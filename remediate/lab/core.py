@@ -231,15 +231,7 @@ class Lab:
         stock = Path(self.layers.get(h.mta, "/"))
         files: dict[str, tuple[str, int, int]] = {
             path: (text, 0o644, 0) for path, text in scenario_files(h.scenario, h.fqdn, stock).items()}
-        passwd = Path("/etc/passwd").read_text()
-        if f"\n{OPS_USER}:" not in "\n" + passwd:
-            passwd += f"{OPS_USER}:x:{OPS_UID}:{OPS_UID}::/home/{OPS_USER}:/bin/bash\n"
-        group = Path("/etc/group").read_text() + f"{OPS_USER}:x:{OPS_UID}:\n"
-        shadow = Path("/etc/shadow").read_text() + f"{OPS_USER}:*:20000:0:99999:7:::\n"
-        for user, uid, home in mta.users:   # what the MTA's maintainer scripts would have added
-            passwd += f"{user}:x:{uid}:{uid}::{home}:/usr/sbin/nologin\n"
-            group += f"{user}:x:{uid}:\n"
-            shadow += f"{user}:*:20000:0:99999:7:::\n"
+        files.update(_accounts(mta))
         files.update({
             "/etc/hostname": (h.fqdn + "\n", 0o644, 0),
             "/etc/mailname": (h.fqdn + "\n", 0o644, 0),
@@ -247,8 +239,6 @@ class Lab:
                            # Sendmail defers relay it cannot judge without a PTR for the client (section 9)
                            + (f"{self.gateway}\tcontroller.lab.example\n" if h.mta == "sendmail" else ""),
                            0o644, 0),
-            "/etc/passwd": (passwd, 0o644, 0), "/etc/group": (group, 0o644, 0),
-            "/etc/shadow": (shadow, 0o640, 0),
             "/etc/sudoers.d/remediate-lab": (f"{OPS_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440, 0),
             "/etc/ssh/sshd_config": (SSHD_CONFIG.format(address=h.address), 0o644, 0),
             "/etc/ssh/ssh_host_ed25519_key": (keyfile.read_text(), 0o600, 0),
@@ -407,6 +397,21 @@ class Lab:
             "user": "root", "identity_file": str(self.key_file), "known_hosts": str(self.known_hosts),
             "mta": "postfix", "policy": "relay-auth", "trusted_networks": ["127.0.0.0/8", "[::1]/128"]},
             hosts=hosts)
+
+
+def _accounts(mta: mtas.LabMta) -> dict[str, tuple[str, int, int]]:
+    """/etc/passwd, group and shadow: the machine's, the lab's `ops` user, and the MTA's system users (what
+    its maintainer scripts would have added)."""
+    passwd = Path("/etc/passwd").read_text()
+    if f"\n{OPS_USER}:" not in "\n" + passwd:
+        passwd += f"{OPS_USER}:x:{OPS_UID}:{OPS_UID}::/home/{OPS_USER}:/bin/bash\n"
+    group = Path("/etc/group").read_text() + f"{OPS_USER}:x:{OPS_UID}:\n"
+    shadow = Path("/etc/shadow").read_text() + f"{OPS_USER}:*:20000:0:99999:7:::\n"
+    for user, uid, home in mta.users:
+        passwd += f"{user}:x:{uid}:{uid}::{home}:/usr/sbin/nologin\n"
+        group += f"{user}:x:{uid}:\n"
+        shadow += f"{user}:*:20000:0:99999:7:::\n"
+    return {"/etc/passwd": (passwd, 0o644, 0), "/etc/group": (group, 0o644, 0), "/etc/shadow": (shadow, 0o640, 0)}
 
 
 def _mkdirs_like(upper: Path, path: Path, uid: int, stock: Path = Path("/")) -> None:
