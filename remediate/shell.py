@@ -75,6 +75,7 @@ class Shell(Protocol):
     def tempdir(self, prefix: str) -> AbstractContextManager[str]: ...
     def restore_metadata(self, path: str, st: FileStat) -> None: ...
     def listener(self, port: int) -> str | None: ...
+    def signal(self, pidfile: str, name: str) -> None: ...
 
 
 
@@ -171,6 +172,13 @@ class PosixShell:
         self.conn.run(["touch", "-m", "-d", f"@{sec}.{ns:09d}", "--", path])
 
     # ------------------------------------------------------------------ processes
+    def signal(self, pidfile: str, name: str) -> None:
+        """Send signal `name` (e.g. HUP) to the process whose pid is the first word of `pidfile`."""
+        pid = self.read(pidfile).decode().split()[0]
+        if not pid.isdigit():
+            raise CommandError(self.name, f"read {pidfile}", 1, f"no pid in {pidfile}")
+        self.conn.run(["kill", f"-{name}", "--", pid])
+
     def listener(self, port: int) -> str | None:
         """The name of the process listening on TCP `port` (e.g. `master`, `exim4`), or None."""
         out = self.conn.run(["ss", "-Hltnp", f"sport = :{port}"], check=False).out

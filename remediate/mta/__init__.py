@@ -17,14 +17,14 @@ from remediate.model import Host
 from remediate.mta.base import Candidate, Derived, Driver, Facts, File, Object, PlaybookDriver, Simulation
 from remediate.mta.exim.driver import EximDriver
 from remediate.mta.postfix import PostfixDriver
+from remediate.mta.sendmail.driver import SendmailDriver
 from remediate.shell import Shell
 
-DRIVERS: dict[str, type[PlaybookDriver]] = {"postfix": PostfixDriver, "exim": EximDriver}
+DRIVERS: dict[str, type[PlaybookDriver]] = {"postfix": PostfixDriver, "exim": EximDriver, "sendmail": SendmailDriver}
 
 #: process names seen listening on port 25, for MTAs with or without a driver
 LISTENERS: dict[str, str] = {
     **{name: mta for mta, cls in DRIVERS.items() for name in cls.listeners},
-    "sendmail": "sendmail", "sendmail-mta": "sendmail",
 }
 
 __all__ = ["DRIVERS", "Candidate", "Derived", "Driver", "Facts", "File", "Object", "Simulation", "detect",

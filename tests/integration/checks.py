@@ -12,11 +12,12 @@ from pathlib import Path
 FOREIGN = "relaytest@example.net"
 
 
-def rcpt(address: str, recipient: str) -> int:
-    """RCPT TO `recipient` from this machine (the orchestrator's address); RSET, never DATA."""
+def rcpt(address: str, recipient: str, sender: str = "antispam@example.org") -> int:
+    """RCPT TO `recipient` from this machine (the orchestrator's address); RSET, never DATA. `sender` ""
+    is the null sender (what an MTA that checks sender domains in DNS takes without DNS)."""
     with smtplib.SMTP(address, 25, timeout=10) as smtp:
         smtp.ehlo("probe.test.example")
-        smtp.mail("antispam@example.org")
+        smtp.mail(sender)
         code, _ = smtp.rcpt(recipient)
         smtp.rset()
         return code

@@ -30,7 +30,7 @@ def test_auto_detects_the_mta_and_a_driverless_mta_is_scanned_from_outside_and_s
     driverless = next(h for h in lab.hosts if h.scenario == "anonymous-auth").name
     for name in (vulnerable, driverless):
         lab.reset(name)
-    inv = _inventory(lab, tmp_path, **{vulnerable: "auto", driverless: "sendmail"})
+    inv = _inventory(lab, tmp_path, **{vulnerable: "auto", driverless: "exchange"})
     limit = f"{vulnerable},{driverless}"
     before = snapshot(lab.path(driverless, "/"))
 
@@ -42,13 +42,13 @@ def test_auto_detects_the_mta_and_a_driverless_mta_is_scanned_from_outside_and_s
     assert any(f["source"] == "config" and f["file"] == "/etc/postfix/main.cf" for f in auto["findings_before"])
     assert other["status"] == "vulnerable"   # the probe needs no driver: ANONYMOUS is still seen from outside
     assert {f["source"] for f in other["findings_before"]} == {"probe"}
-    assert any("no driver for sendmail" in n for n in other["notes"])
+    assert any("no driver for exchange" in n for n in other["notes"])
 
     plan = run_cli("plan", "-i", str(inv), "--limit", limit, "--report", "plan.json", cwd=tmp_path)
     assert plan.returncode == 1, plan.stdout + plan.stderr   # a skipped host needs attention
     hosts = _hosts(tmp_path / "plan.json")
     assert hosts[vulnerable]["status"] == "would_change" and hosts[vulnerable]["diff"]
-    assert hosts[driverless]["status"] == "skipped" and "no driver for sendmail" in hosts[driverless]["error"]
+    assert hosts[driverless]["status"] == "skipped" and "no driver for exchange" in hosts[driverless]["error"]
 
     apply = run_cli("apply", "--yes", "-i", str(inv), "--limit", driverless, "--report", "apply.json",
                     cwd=tmp_path)
