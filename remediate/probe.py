@@ -41,6 +41,7 @@ from remediate.smtp import (
 )
 
 SENDER, RECIPIENT = "antispam", "relaytest"  # nmap's F and T
+HELO = "probe.remediate.example"  # the name the probe (and every simulated session) greets with
 #: the local-delivery check sends as the null sender: every MTA must take mail from <> for postmaster
 #: (RFC 5321 4.5.1, 6.1), and it needs no DNS (a named sender domain that does not resolve gets a 4xx
 #: from Sendmail and Exim with sender verification, which would say nothing about inbound mail)
@@ -208,7 +209,7 @@ def _anonymous_session(opened: _Opened, helo: str, domain: str, errors: list[str
 
 
 def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.example.net",
-          local_domain: str | None = None, helo: str = "probe.remediate.example", timeout: float = 10.0,
+          local_domain: str | None = None, helo: str = HELO, timeout: float = 10.0,
           source_address: str | None = None, tls: bool = True, connect: Connect | None = None) -> ProbeResult:
     """Probe a live MTA from here. Never raises for network trouble (it lands in `errors`); raises ValueError
     for a malformed domain or HELO name. Runs all 16 relay forms, reconnecting after drops or 421s."""
@@ -266,7 +267,7 @@ def _endpoint(stream: Stream, method: str) -> str | None:
 
 def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
              probe_domain: str = "relaytest.example.net", local_domain: str | None = None,
-             helo: str = "probe.remediate.example", timeout: float = 10.0) -> ProbeResult:
+             helo: str = HELO, timeout: float = 10.0) -> ProbeResult:
     """One session over `stream` to an MTA's test session against a candidate configuration.
 
     With `xclient_addr`, the session poses as that outside address via XCLIENT and the relay forms run

@@ -11,11 +11,9 @@ from __future__ import annotations
 import time
 
 from remediate.model import Host, ProbeContext, Status
-from remediate.probe import probe
+from remediate.probe import HELO, probe
 from remediate.smtp import ProbeResult
 from remediate.verdict import Verdict, judge
-
-HELO = "probe.remediate.example"
 
 
 def outside_probe(host: Host, context: ProbeContext, expect_local: str,

@@ -23,11 +23,11 @@ from remediate.mta.exim import rules
 from remediate.mta.exim.authall import audit_auth_all, require_auth_all
 from remediate.mta.exim.syntax import exim_list_notation
 from remediate.mta.playbook import Policy, Transform, fill
+from remediate.probe import HELO
 from remediate.probe import simulate as simulated_session
 from remediate.shell import FileStat, Shell
 from remediate.verdict import describe, judge
 
-HELO = "probe.remediate.example"
 SPLIT = "dc_use_split_config"
 
 TRANSFORMS: Mapping[str, Transform] = MappingProxyType({

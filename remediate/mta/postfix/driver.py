@@ -20,11 +20,10 @@ from remediate.model import Finding, Host, Network, ProbeContext
 from remediate.mta.base import Facts, PlaybookDriver, Simulation
 from remediate.mta.playbook import Policy, Transform, fill
 from remediate.mta.postfix import rules
+from remediate.probe import HELO
 from remediate.probe import simulate as simulated_session
 from remediate.shell import Shell
 from remediate.verdict import describe, judge
-
-HELO = "probe.remediate.example"
 
 TRANSFORMS: Mapping[str, Transform] = MappingProxyType({
     "ensure_parameter": rules.ensure_parameter,
