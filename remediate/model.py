@@ -160,11 +160,13 @@ class ProbeContext:
     `local_domain`: a domain the host accepts mail for (the `postmaster@` check), if known;
     `deferral`: the setting that makes the host answer unauthorised relay with a 4xx deferral, if any
     (so a 4.7.1 counts as refused, and the verdict names the setting); `served`: (name of the MTA's list,
-    literal domains in it), used to tell when the probe's "foreign" domain is one the host serves."""
+    literal domains in it), used to tell when the probe's "foreign" domain is one the host serves;
+    `own_domains`: domains the host serves, which the probe forges a sender in (empty: `local_domain`)."""
 
     local_domain: str | None = None
     deferral: str | None = None
     served: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    own_domains: tuple[str, ...] = ()
 
     def serving(self, domain: str) -> str | None:
         """The name of the list that covers `domain` (itself or a parent), or None."""

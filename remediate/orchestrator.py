@@ -50,10 +50,12 @@ from remediate.phases import (
     TAIL,
     HostContext,
     Txn,
+    prove,
     roll_back,
     run_steps,
 )
 from remediate.shell import Shell, connect, open_shell
+from remediate.verdict import SECURITY
 from remediate.verify import outside_probe
 
 log = structlog.get_logger()
@@ -123,7 +125,7 @@ def scan_host(host: Host, settings: Settings) -> HostResult:
             with open_shell(host) as shell:
                 driver = mta.resolve(host, shell, settings.playbooks)
                 facts = driver.read(shell)
-                explained = driver.audit(facts.texts(), host)
+                explained = driver.audit(facts.texts(), host, facts.outputs)
         except RemediateError as exc:
             notes.append(f"configuration not read over SSH ({exc}); verdict from the probe alone")
     else:
@@ -136,6 +138,12 @@ def scan_host(host: Host, settings: Settings) -> HostResult:
         return HostResult(host.name, host.address, Status.UNREACHABLE, error="; ".join(result.errors) or
                           "no SMTP answer", notes=tuple(notes))
     status = verdict.status
+    if status is Status.SECURE and any(f.code in SECURITY for f in explained):
+        # refused from here, but the configuration allows it (to another sender, recipient or network, or
+        # once a masking setting changes): apply would change it, so scan must not call the host secure
+        status = Status.VULNERABLE
+        notes.append("the probe from here was refused, but the configuration allows it (findings from the "
+                     "configuration)")
     findings = verdict.findings + (explained if status is Status.VULNERABLE else ())
     notes += [r for r in verdict.reasons if status is not Status.VULNERABLE]
     notes += [f.text for f in explained if status is not Status.VULNERABLE]
@@ -150,18 +158,15 @@ def plan_host(host: Host, settings: Settings) -> HostResult:
         try:
             facts = driver.read(shell)
             cand = driver.candidate(facts, host, policy)
-            base = HostResult(host.name, host.address, Status.FAILED, driver.audit(facts.texts(), host),
-                              driver.audit(cand.texts, host), bool(cand.changed), diff=cand.diff or None)
-            sim = driver.validate(shell, facts, cand, host, policy)
+            base = HostResult(host.name, host.address, Status.FAILED, driver.audit(facts.texts(), host, facts.outputs),
+                              driver.audit(cand.texts, host, facts.outputs), bool(cand.changed), diff=cand.diff or None)
+            sim = prove(shell, driver, facts, cand, host, policy)
         except TransportError as exc:
             return HostResult(host.name, host.address, Status.UNREACHABLE, error=str(exc))
         except ValidationError as exc:
             return replace(base, error=str(exc))
         except RemediateError as exc:
             return HostResult(host.name, host.address, Status.FAILED, error=str(exc))
-        if sim.verdict.status is not Status.SECURE:
-            return replace(base, simulation=sim.transcript, error="the simulated session against the candidate is "
-                           "not secure: " + "; ".join(sim.verdict.reasons))
         pre, post = driver.images(facts, cand)
         return replace(base, status=Status.WOULD_CHANGE if cand.changed else Status.COMPLIANT,
                        simulation=sim.transcript, pre_images=pre, post_images=post)
@@ -185,8 +190,9 @@ def _apply(ctx: HostContext, settings: Settings) -> HostResult:
     except RemediateError as exc:
         return replace(txn.result, error=str(exc))
     before_v, _ = outside_probe(host, driver.probe_context(host, txn.facts), ctx.policy.expect_local)
-    before = before_v.findings + driver.audit(txn.facts.texts(), host)
+    before = before_v.findings + driver.audit(txn.facts.texts(), host, txn.facts.outputs)
     txn.result = replace(txn.result, findings_before=before, diff=txn.cand.diff or None)
+    txn.inbound_before = before_v.local_ok
     planned = settings.planned
     if planned is not None:
         try:

@@ -17,7 +17,7 @@ from remediate.backup import BackupStore, FileRecord, Manifest, restore
 from remediate.errors import RemediateError, TransportError, ValidationError
 from remediate.journal import Journal
 from remediate.model import Host, HostResult, Phase, Status
-from remediate.mta import Candidate, Driver, Facts
+from remediate.mta import Candidate, Driver, Facts, Simulation, unchanged
 from remediate.mta.playbook import Policy
 from remediate.shell import Shell
 from remediate.verdict import Verdict
@@ -49,6 +49,9 @@ class Txn:
     records: dict[FileRecord, bytes] = field(default_factory=dict)
     verdict: Verdict | None = None
     written: list[str] = field(default_factory=list)
+    #: whether the outside probe before the change saw inbound mail for the host's domain accepted
+    #: (None: not known, which counts as accepted: a refusal after the change is then a regression)
+    inbound_before: bool | None = None
 
 
 Do = Callable[[HostContext, Txn], None]
@@ -95,13 +98,32 @@ def _detail(phase: Phase, txn: Txn) -> dict[str, Any]:
     return {}
 
 
-# ---------------------------------------------------------------------- steps
-def validate_candidate(ctx: HostContext, txn: Txn) -> None:
-    assert txn.facts is not None and txn.cand is not None
-    sim = ctx.driver.validate(ctx.shell, txn.facts, txn.cand, ctx.host, ctx.policy)
+NOT_AN_MX = "inbound mail refused before and after the change: not an MX (not a regression)"
+
+
+def prove(shell: Shell, driver: Driver, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation:
+    """Validate the candidate (the driver's private copy and simulated outside session) and judge it against
+    the host's own baseline: it must be secure, and where the policy keeps inbound mail (`expect_local:
+    accept`) mail for the host's domain refused by the candidate must already be refused by the live
+    configuration (simulated the same way, only then). ValidationError otherwise."""
+    sim = driver.validate(shell, facts, cand, host, policy)
     if sim.verdict.status is not Status.SECURE:
         raise ValidationError("the simulated session against the candidate is not secure: "
                               + "; ".join(sim.verdict.reasons))
+    if policy.expect_local == "accept" and sim.verdict.local_ok is False:
+        live = driver.validate(shell, facts, unchanged(facts), host, policy)
+        if live.verdict.local_ok is not False:
+            refused = "; ".join(f.detail for f in sim.verdict.findings)
+            raise ValidationError(f"the candidate would break inbound mail that the live configuration accepts "
+                                  f"(a regression): {refused}")
+        sim = replace(sim, transcript=f"{sim.transcript}; {NOT_AN_MX}")
+    return sim
+
+
+# ---------------------------------------------------------------------- steps
+def validate_candidate(ctx: HostContext, txn: Txn) -> None:
+    assert txn.facts is not None and txn.cand is not None
+    sim = prove(ctx.shell, ctx.driver, txn.facts, txn.cand, ctx.host, ctx.policy)
     txn.result = replace(txn.result, simulation=sim.transcript)
 
 
@@ -130,9 +152,15 @@ def activate(ctx: HostContext, txn: Txn) -> None:
 
 
 def verify(ctx: HostContext, txn: Txn) -> None:
+    """The outside probe after activation: secure, and inbound mail still accepted if it was before."""
     txn.verdict = probe_until(ctx.host, ctx.driver.probe_context(ctx.host, txn.facts), ctx.policy.expect_local)
     if txn.verdict.status is not Status.SECURE:
         raise ValidationError("verification probe after reload: " + "; ".join(txn.verdict.reasons))
+    if ctx.policy.expect_local == "accept" and txn.verdict.local_ok is False:
+        if txn.inbound_before is not False:
+            raise ValidationError("verification probe after reload: inbound mail accepted before the change is "
+                                  "refused now: " + "; ".join(f.detail for f in txn.verdict.findings))
+        txn.result = replace(txn.result, notes=(*txn.result.notes, NOT_AN_MX))
 
 
 def answers(ctx: HostContext, txn: Txn) -> None:

@@ -3,7 +3,9 @@
 Two ways in, one result type:
 
 - `probe(address, port)` talks to a live MTA from outside: EHLO (and EHLO again after STARTTLS), the two-step
-  `AUTH ANONYMOUS` when advertised, nmap's 16 relay forms, and a local-delivery check.
+  `AUTH ANONYMOUS` when advertised, nmap's 16 relay forms, three tests scanners miss (a sender forged in
+  one of the host's own domains; `postmaster@` and `abuse@` at the foreign domain: `extra_forms`), and a
+  local-delivery check.
 - `simulate(stream)` runs one session over an open stream to an MTA's own test session, started by its
   driver against a candidate configuration (with `xclient_addr`, XCLIENT makes the MTA see an outside
   client; without it, the driver's session already poses as one), which is how a candidate config is tried
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from remediate.errors import ProbeDropped, ProbeError
 from remediate.smtp import (
+    ABUSE,
+    OWN_SENDER,
+    POSTMASTER,
     Capabilities,
     Connect,
     ProbeResult,
@@ -57,6 +62,16 @@ _FORMS = (  # nmap smtp-open-relay.nse, in its order: (number, MAIL FROM, RCPT T
     (12, "{F}@[{IP}]", "@[{IP}]:{T}@{D}"), (13, "{F}@[{IP}]", "@{SRV}:{T}@{D}"),
     (14, "{F}@[{IP}]", "{D}!{T}"), (15, "{F}@[{IP}]", "{D}!{T}@[{IP}]"), (16, "{F}@[{IP}]", "{D}!{T}@{SRV}"),
 )
+
+
+_MAX_OWN = 3  # own-domain senders tried at most
+
+
+def extra_forms(domain: str, own_domains: Sequence[str] = ()) -> tuple[tuple[int, str, str], ...]:
+    """The tests after nmap's 16: form 17 once per own domain (at most three), then 18 and 19."""
+    own = [(OWN_SENDER, f"{SENDER}@{d}", f"{RECIPIENT}@{domain}") for d in dict.fromkeys(own_domains)][:_MAX_OWN]
+    return (*own, (POSTMASTER, f"{SENDER}@{domain}", f"postmaster@{domain}"),
+            (ABUSE, f"{SENDER}@{domain}", f"abuse@{domain}"))
 
 
 def relay_forms(domain: str, srv: str, ip: str | None) -> tuple[tuple[int, str, str], ...]:
@@ -209,11 +224,15 @@ def _anonymous_session(opened: _Opened, helo: str, domain: str, errors: list[str
 
 
 def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.example.net",
-          local_domain: str | None = None, helo: str = HELO, timeout: float = 10.0,
-          source_address: str | None = None, tls: bool = True, connect: Connect | None = None) -> ProbeResult:
+          local_domain: str | None = None, own_domains: Sequence[str] | None = None, helo: str = HELO,
+          timeout: float = 10.0, source_address: str | None = None, tls: bool = True,
+          connect: Connect | None = None) -> ProbeResult:
     """Probe a live MTA from here. Never raises for network trouble (it lands in `errors`); raises ValueError
-    for a malformed domain or HELO name. Runs all 16 relay forms, reconnecting after drops or 421s."""
+    for a malformed domain or HELO name. Runs nmap's 16 relay forms and `extra_forms` (own-domain senders:
+    `own_domains`, default `local_domain`), reconnecting after drops or 421s."""
+    own = _own(own_domains, local_domain)
     check_names(probe_domain=probe_domain, local_domain=local_domain, helo=helo)
+    check_names(**{f"own_domains[{i}]": d for i, d in enumerate(own)})
     connect = connect or default_connect(source_address)
 
     def opener(context: ssl.SSLContext | None = None) -> _Opened:
@@ -229,7 +248,8 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
     srv = server_name(first.banner, caps, address) if first.banner else address
     source, ip = _endpoint(session.stream, "getsockname"), _endpoint(session.stream, "getpeername")
     attempts = []
-    for form, mail_from, rcpt_to in relay_forms(probe_domain, srv, ip or address):
+    forms = relay_forms(probe_domain, srv, ip or address) + extra_forms(probe_domain, own)
+    for form, mail_from, rcpt_to in forms:
         if not link.alive:
             break
         attempts.append(link.attempt(form, mail_from, rcpt_to))
@@ -238,8 +258,8 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
         local = link.attempt(0, LOCAL_SENDER, f"postmaster@{local_domain}")
     link.close()
     errors = list(link.errors)
-    if len(attempts) < len(_FORMS):
-        errors.append(f"only {len(attempts)} of {len(_FORMS)} relay forms were tried")
+    if len(attempts) < len(forms):
+        errors.append(f"only {len(attempts)} of {len(forms)} relay tests were tried")
 
     tls_auth = anonymous = anon_relay = None
     if tls and caps.starttls:
@@ -258,6 +278,13 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
                        max(0, link.opens - 1), first.ehlo)
 
 
+def _own(own_domains: Sequence[str] | None, local_domain: str | None) -> tuple[str, ...]:
+    """The domains to forge a sender in: those given, else the local domain."""
+    if own_domains is not None:
+        return tuple(own_domains)
+    return (local_domain,) if local_domain else ()
+
+
 def _endpoint(stream: Stream, method: str) -> str | None:
     try:
         return str(getattr(stream, method)()[0])
@@ -267,16 +294,19 @@ def _endpoint(stream: Stream, method: str) -> str | None:
 
 def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
              probe_domain: str = "relaytest.example.net", local_domain: str | None = None,
-             helo: str = HELO, timeout: float = 10.0) -> ProbeResult:
+             own_domains: Sequence[str] | None = None, helo: str = HELO, timeout: float = 10.0) -> ProbeResult:
     """One session over `stream` to an MTA's test session against a candidate configuration.
 
     With `xclient_addr`, the session poses as that outside address via XCLIENT and the relay forms run
     only after XCLIENT was accepted (otherwise the client is localhost, which proves nothing); without
     it, the driver started a session that already sees an outside client. The forms run before AUTH
     ANONYMOUS so an accepted login cannot colour them. A drop ends the session with an error; there is
-    no reconnect. No STARTTLS (the stream is a pipe): `tls_auth` stays None.
+    no reconnect. No STARTTLS (the stream is a pipe): `tls_auth` stays None. The tests are the probe's
+    (`relay_forms` without the `[IP]` forms, then `extra_forms`).
     """
+    own = _own(own_domains, local_domain)
     check_names(probe_domain=probe_domain, local_domain=local_domain, helo=helo)
+    check_names(**{f"own_domains[{i}]": d for i, d in enumerate(own)})
     session, errors = SmtpSession(stream, timeout=timeout), []
     banner = ehlo = anonymous = anon_relay = local = None
     caps = Capabilities((), False, False, None)
@@ -296,7 +326,7 @@ def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
             ehlo = _hello(session, helo)
             caps = parse_ehlo(ehlo)
         srv = server_name(banner, caps, "localhost")
-        for form, mail_from, rcpt_to in relay_forms(probe_domain, srv, None):
+        for form, mail_from, rcpt_to in relay_forms(probe_domain, srv, None) + extra_forms(probe_domain, own):
             attempts.append(_try_relay(session, form, mail_from, rcpt_to))
             if attempts[-1].dropped:
                 raise ProbeDropped(f"form {form}: connection dropped during {attempts[-1]}")

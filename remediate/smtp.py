@@ -246,9 +246,18 @@ def default_connect(source_address: str | None) -> Connect:
     return connect
 
 
+#: relay tests scanners do not run, numbered after nmap's 16: a sender forged in a domain the host serves
+#: (relays through an access table that whitelists the host's own sender domains), and role
+#: recipients at the foreign domain (relay through recipient whitelists placed ahead of the relay stop)
+OWN_SENDER, POSTMASTER, ABUSE = 17, 18, 19
+EXTRA_FORMS = {OWN_SENDER: "sender in a domain the host serves", POSTMASTER: "postmaster@ a foreign domain",
+               ABUSE: "abuse@ a foreign domain"}
+
+
 @dataclass(frozen=True, slots=True)
 class RelayAttempt:
-    """One MAIL/RCPT pair. `form` is the nmap test number (0 = local or anonymous check)."""
+    """One MAIL/RCPT pair. `form` is the test number: nmap's 1-16, ours 17-19 (`EXTRA_FORMS`), 0 = the
+    local or anonymous check."""
 
     mail_from: str
     rcpt_to: str

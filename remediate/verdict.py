@@ -2,8 +2,10 @@
 
 `judge(result)` turns a `ProbeResult` (from `remediate.smtp`, filled by `remediate.probe`) into a
 `Verdict`, decided from reply *classes* and enhanced status codes, never reply strings. Pure: no I/O, no
-logging. Findings are `open_relay` and `anonymous_auth`, each carrying its own evidence; anything that
-could not be proven keeps a host from being secure.
+logging. Security findings are `open_relay` and `anonymous_auth` (either makes a host vulnerable); health
+findings are `inbound_refused` / `inbound_tempfail` (mail for the host's own domain refused with 5xx / 4xx)
+and `service_broken` (a greeting, then the session dies at EHLO): they are reported but do not decide the
+verdict. Anything that could not be proven keeps a host from being secure.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from remediate.model import Finding, Status
-from remediate.smtp import ProbeResult, RelayAttempt, Reply
+from remediate.smtp import EXTRA_FORMS, ProbeResult, RelayAttempt, Reply
 
 OPEN_RELAY = "open_relay"
 ANONYMOUS_AUTH = "anonymous_auth"
+INBOUND_REFUSED = "inbound_refused"
+INBOUND_TEMPFAIL = "inbound_tempfail"
+SERVICE_BROKEN = "service_broken"
+#: the findings that make a host vulnerable (the others say it is unhealthy)
+SECURITY = frozenset({OPEN_RELAY, ANONYMOUS_AUTH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +60,16 @@ def _classify(attempt: RelayAttempt, deferral: str | None) -> tuple[bool, str, R
 
 
 def _forms(numbers: list[int]) -> str:
-    """`[1, 2, 3, 6]` -> "forms 1-3, 6"."""
+    """`[1, 2, 3, 6, 18]` -> "forms 1-3, 6, 18 (postmaster@ a foreign domain)"."""
     runs: list[list[int]] = []
-    for n in numbers:
+    named = [EXTRA_FORMS[n] for n in dict.fromkeys(numbers) if n in EXTRA_FORMS]
+    for n in dict.fromkeys(numbers):
         if runs and n == runs[-1][-1] + 1:
             runs[-1].append(n)
         else:
             runs.append([n])
     text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
-    return ("form " if len(numbers) == 1 else "forms ") + text
+    return ("form " if len(set(numbers)) == 1 else "forms ") + text + (f" ({'; '.join(named)})" if named else "")
 
 
 def _judge_anonymous(result: ProbeResult, evidence: dict[str, list[str]], facts: list[str]) -> None:
@@ -81,17 +89,27 @@ def _judge_anonymous(result: ProbeResult, evidence: dict[str, list[str]], facts:
         facts.append(f"ANONYMOUS is not advertised {checked}{unchecked}")
 
 
-def _judge_local(result: ProbeResult, expect_local: str, facts: list[str], doubts: list[str]) -> bool | None:
-    """Whether mail for the host's own domain was treated as the policy wants (None: not checked)."""
+def _judge_local(result: ProbeResult, expect_local: str, evidence: dict[str, list[str]], facts: list[str],
+                 doubts: list[str]) -> bool | None:
+    """Whether mail for the host's own domain was treated as the policy wants (None: not checked). Under
+    `accept`, a 5xx or 4xx is a health finding (whether it is a regression is the caller's comparison with
+    the host's baseline); a drop or a reply that proves nothing is a doubt."""
     local_ok, local = None, result.local_attempt
     if local is not None:
         domain = local.rcpt_to.rpartition("@")[2]
         refused = _classify(local, None)[0] if not local.accepted else False
         local_ok = local.accepted if expect_local == "accept" else refused
         reply = local.rcpt_reply or local.mail_reply or "connection dropped"
-        if expect_local == "accept":
-            (facts if local_ok else doubts).append(
-                f"inbound mail for {domain} is {'accepted' if local_ok else 'refused'} ({reply})")
+        decisive = local.rcpt_reply if local.mail_reply and local.mail_reply.klass == 2 else local.mail_reply
+        if expect_local == "accept" and local_ok:
+            facts.append(f"inbound mail for {domain} is accepted ({reply})")
+        elif expect_local == "accept" and decisive is not None and decisive.klass in (4, 5) and not local.dropped:
+            code = INBOUND_REFUSED if decisive.klass == 5 else INBOUND_TEMPFAIL
+            what = "refused" if decisive.klass == 5 else "temporarily refused"
+            evidence.setdefault(code, []).append(f"inbound mail for {domain} (from outside, unauthenticated) is "
+                                                 f"{what}: {reply}")
+        elif expect_local == "accept":
+            doubts.append(f"inbound mail for {domain} could not be checked ({reply})")
         elif local_ok:
             facts.append(f"unauthenticated mail for {domain} is refused, as the policy requires ({reply})")
         else:
@@ -115,7 +133,8 @@ def _discount_relay(result: ProbeResult, evidence: dict[str, list[str]], doubts:
 
 def judge(result: ProbeResult, *, deferral: str | None = None, orchestrator_trusted: bool = False,
           expect_local: str = "accept", served: tuple[str, str] | None = None, source: str = "probe") -> Verdict:
-    """Vulnerable if any finding; else inconclusive if anything could not be proven; else secure.
+    """Vulnerable if any security finding; else inconclusive if anything could not be proven (or the service
+    is broken); else secure, health findings (inbound refused) included.
 
     Drops, timeouts, 4xx (except a 4.7.1 deferral when `deferral` names the setting, which the driver
     passes when the host is configured to defer unauthorised relay), a missing banner and any recorded error are never
@@ -131,6 +150,10 @@ def judge(result: ProbeResult, *, deferral: str | None = None, orchestrator_trus
     facts: list[str] = []  # what was proven
     if result.banner is None:
         doubts.append(f"no SMTP banner from {result.address}:{result.port}")
+    elif result.banner.klass == 2 and result.ehlo is None and result.errors:
+        evidence[SERVICE_BROKEN] = [f"{result.address}:{result.port} greets ({result.banner}) and then fails the "
+                                    "session at EHLO: the service is broken (a fatal configuration error ends "
+                                    "every session)"]
     doubts += [f"probe error: {error}" for error in result.errors]
 
     _judge_anonymous(result, evidence, facts)
@@ -159,9 +182,10 @@ def judge(result: ProbeResult, *, deferral: str | None = None, orchestrator_trus
         doubts.append("every MAIL FROM was refused, so no recipient was ever tested")
     _discount_relay(result, evidence, doubts, orchestrator_trusted, served)
 
-    local_ok = _judge_local(result, expect_local, facts, doubts)
+    local_ok = _judge_local(result, expect_local, evidence, facts, doubts)
 
-    status = Status.VULNERABLE if evidence else Status.INCONCLUSIVE if doubts else Status.SECURE
+    status = (Status.VULNERABLE if SECURITY & evidence.keys() else
+              Status.INCONCLUSIVE if doubts or SERVICE_BROKEN in evidence else Status.SECURE)
     findings = tuple(Finding(code, "; ".join(why), source) for code, why in evidence.items())
     found = [why for whys in evidence.values() for why in whys]
     return Verdict(status, findings, tuple(found + doubts + facts), local_ok)

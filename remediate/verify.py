@@ -20,7 +20,8 @@ def outside_probe(host: Host, context: ProbeContext, expect_local: str,
                   timeout: float = 10.0) -> tuple[Verdict, ProbeResult]:
     """Probe the host's SMTP port from here and judge it. Never raises for network trouble."""
     result = probe(host.address, host.probe_port, probe_domain=host.probe_domain,
-                   local_domain=context.local_domain, helo=HELO, timeout=timeout)
+                   local_domain=context.local_domain, own_domains=context.own_domains or None, helo=HELO,
+                   timeout=timeout)
     # Inside the networks the host is *meant* to trust, relay results prove nothing either way. Inside a
     # relay network wider than that, an accepted relay is exactly the finding.
     verdict = judge(result, deferral=context.deferral,

@@ -282,6 +282,25 @@ class PostfixXclient(Behaviour):
         return OPEN_RELAY_OK if conv.client is None else super().relay(conv, address)
 
 
+class SenderWhitelist(Behaviour):
+    """Relays for anyone who claims a sender in example.org (an access table answering OK for its own domain);
+    refuses mail for its own domain otherwise: never an MX."""
+
+    def rcpt(self, conv: Conversation, address: str) -> str:
+        if (conv.sender or "").rpartition("@")[2].lower() == "example.org":
+            return OPEN_RELAY_OK
+        return f"554 5.7.1 <{address}>: Recipient address rejected: Access denied"
+
+
+class RecipientWhitelist(Behaviour):
+    """Relays postmaster@ and abuse@ at any domain (a recipient table ahead of the relay stop)."""
+
+    def relay(self, conv: Conversation, address: str) -> str:
+        if address.lower().startswith(("postmaster@", "abuse@")):
+            return OPEN_RELAY_OK
+        return super().relay(conv, address)
+
+
 class HostileSmtp:
     """Threaded server on 127.0.0.1; `with HostileSmtp(b) as server: probe(*server.address)`."""
 

@@ -14,7 +14,17 @@ from pathlib import Path
 
 from remediate.errors import DriverError
 from remediate.model import Host
-from remediate.mta.base import Candidate, Derived, Driver, Facts, File, Object, PlaybookDriver, Simulation
+from remediate.mta.base import (
+    Candidate,
+    Derived,
+    Driver,
+    Facts,
+    File,
+    Object,
+    PlaybookDriver,
+    Simulation,
+    unchanged,
+)
 from remediate.mta.exim.driver import EximDriver
 from remediate.mta.postfix import PostfixDriver
 from remediate.mta.sendmail.driver import SendmailDriver
@@ -28,7 +38,7 @@ LISTENERS: dict[str, str] = {
 }
 
 __all__ = ["DRIVERS", "Candidate", "Derived", "Driver", "Facts", "File", "Object", "Simulation", "detect",
-           "driver_for", "has_driver", "resolve"]
+           "driver_for", "has_driver", "resolve", "unchanged"]
 
 
 def has_driver(mta: str) -> bool:

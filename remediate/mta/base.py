@@ -94,6 +94,11 @@ class Candidate:
         return self.texts[name].encode("utf-8", "surrogateescape")
 
 
+def unchanged(facts: Facts) -> Candidate:
+    """The live configuration as a candidate that changes nothing (to simulate the host's baseline)."""
+    return Candidate(MappingProxyType(facts.texts()), (), "")
+
+
 @dataclass(frozen=True, slots=True)
 class Simulation:
     """The verdict of a simulated outside session against a candidate, and what it saw, in words."""
@@ -116,7 +121,8 @@ class Driver(Protocol):
     def discover(self, shell: Shell) -> bool: ...
     def resources(self) -> tuple[File | Derived | Object, ...]: ...
     def read(self, shell: Shell) -> Facts: ...
-    def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]: ...
+    def audit(self, texts: Mapping[str, str], host: Host,
+              outputs: Mapping[str, str] = MappingProxyType({})) -> tuple[Finding, ...]: ...
     def candidate(self, facts: Facts, host: Host, policy: Policy) -> Candidate: ...
     def validate(self, shell: Shell, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation: ...
     def backup_set(self, facts: Facts, cand: Candidate) -> list[Saved]: ...
@@ -170,7 +176,9 @@ class PlaybookDriver:
         """Values for `{host.X}` placeholders, in this MTA's notation (subclasses extend)."""
         return {"policy": host.policy}
 
-    def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]:
+    def audit(self, texts: Mapping[str, str], host: Host,
+              outputs: Mapping[str, str] = MappingProxyType({})) -> tuple[Finding, ...]:
+        """What in `texts` (the files by name) exposes the host; `outputs` are the fact outputs `read` found."""
         return ()
 
     def live_files(self, facts: Facts) -> frozenset[str]:
@@ -186,7 +194,8 @@ class PlaybookDriver:
         live = self.live_files(facts)
         for step in policy.steps:
             if step.file in live:
-                texts[step.file] = step.fn(texts[step.file], **resolve_args(step.args, variables, texts))
+                texts[step.file] = step.fn(texts[step.file], **resolve_args(step.args, variables, texts,
+                                                                            facts.outputs))
         changed = tuple(n for n in files if texts[n] != facts.text(n))
         diff = "".join(
             "".join(difflib.unified_diff(facts.text(n).splitlines(keepends=True), texts[n].splitlines(keepends=True),

@@ -188,9 +188,11 @@ def _policy(r: _Reader, pname: str, pnode: Any, files: Mapping[str, str],
     return Policy(pname, str(pol.get("description", "")), expect, tuple(steps))
 
 
-def resolve_args(args: Mapping[str, Any], variables: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, Any]:
+def resolve_args(args: Mapping[str, Any], variables: Mapping[str, Any], texts: Mapping[str, str],
+                 facts: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Fill `{host.X}` placeholders (from the driver's `variables` for the host, rendered in its MTA's own
-    notation) and `{file.NAME}` placeholders (the candidate text so far) of a step's arguments."""
+    notation), `{file.NAME}` placeholders (the candidate text so far) and `{fact.NAME}` placeholders (what
+    the driver read on the host; "" when it could not tell) of a step's arguments."""
     out: dict[str, Any] = {}
     for key, value in args.items():
         if isinstance(value, str) and value.startswith("{host.") and value.endswith("}"):
@@ -198,6 +200,8 @@ def resolve_args(args: Mapping[str, Any], variables: Mapping[str, Any], texts: M
             out[key] = list(attr) if isinstance(attr, tuple) else attr
         elif isinstance(value, str) and value.startswith("{file.") and value.endswith("}"):
             out[key] = texts[value[6:-1]]
+        elif isinstance(value, str) and value.startswith("{fact.") and value.endswith("}"):
+            out[key] = (facts or {}).get(value[6:-1], "")
         else:
             out[key] = value
     return out

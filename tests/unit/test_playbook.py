@@ -47,7 +47,7 @@ def _broken(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
     ("transform: secure_relay_restrictions}", "transform: smtpd_authentication_required}",
      "policies.relay-auth.transforms[0].transform"),
     ("  - [postfix, reload]", "  - [postfix, reload]\nrestart: [[postfix, restart]]", "restart"),
-    ("{file: main_cf, transform: ensure_noanonymous}", "{file: main.cf, transform: ensure_noanonymous}",
+    ("{file: main_cf, transform: ensure_noanonymous,", "{file: main.cf, transform: ensure_noanonymous,",
      "policies.relay-auth.transforms[3].file"),
     ("expect_local: refuse", "expect_local: maybe", "policies.auth-all.expect_local"),
     ("  master_cf: /etc/postfix/master.cf", "  master_cf: /var/lib/postfix/master.cf", "files.master_cf"),

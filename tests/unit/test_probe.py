@@ -26,6 +26,8 @@ from hostile_smtp import (  # noqa: E402
     HostileSmtp,
     OpenRelay,
     PostfixXclient,
+    RecipientWhitelist,
+    SenderWhitelist,
     serve_pair,
 )
 
@@ -137,8 +139,13 @@ def test_open_relay_is_vulnerable_on_all_16_forms_and_nothing_is_queued() -> Non
     result, server = run(OpenRelay(), local_domain="example.org")
     verdict = judge(result)
     assert verdict.status == Status.VULNERABLE and verdict.codes == ("open_relay",)
-    assert len(result.relay_attempts) == 16 and all(a.accepted for a in result.relay_attempts)
-    assert "16 of 16" in verdict.reasons[0]
+    # nmap's 16, then ours: a sender in the host's own domain, postmaster@ and abuse@ the foreign domain
+    assert [a.form for a in result.relay_attempts] == [*range(1, 17), 17, 18, 19]
+    assert all(a.accepted for a in result.relay_attempts)
+    assert "19 of 19" in verdict.reasons[0]
+    assert server.transcript.matching("MAIL FROM:<antispam@example.org>")
+    assert server.transcript.matching("RCPT TO:<postmaster@relaytest.example.net>")
+    assert server.transcript.matching("RCPT TO:<abuse@relaytest.example.net>")
     verbs = server.transcript.verbs()
     assert_never_queued(verbs)
     assert verbs.count("RSET") >= 17 and verbs[-1] == "QUIT"
@@ -164,15 +171,49 @@ def test_554_refuser_is_secure_and_local_mail_still_flows() -> None:
     assert_never_queued(server.transcript.verbs())
 
 
-def test_local_refusal_is_never_secure_and_auth_all_policy_wants_it() -> None:
+def test_local_refusal_is_a_finding_of_its_own_and_auth_all_policy_wants_it() -> None:
+    # relay refused everywhere, mail for the host's own domain refused too: secure (nothing relays), with an
+    # inbound_refused finding; whether that is a regression is the caller's comparison with the baseline
     result, _ = run(Behaviour(local_domains=()), local_domain="example.org")
     verdict = judge(result)
-    assert verdict.status == Status.INCONCLUSIVE and verdict.local_ok is False
-    assert "inbound mail for example.org is refused" in " ".join(verdict.reasons)
+    assert verdict.status == Status.SECURE and verdict.local_ok is False
+    assert verdict.codes == ("inbound_refused",)
+    assert "inbound mail for example.org (from outside, unauthenticated) is refused" in " ".join(verdict.reasons)
     assert judge(result, expect_local="refuse").status == Status.SECURE
     accepting, _ = run(Behaviour(), local_domain="example.org")
     assert judge(accepting, expect_local="refuse").local_ok is False
     assert judge(accepting, expect_local="refuse").status == Status.INCONCLUSIVE
+
+
+def test_a_sender_forged_in_the_hosts_own_domain_is_tried_and_its_relay_found() -> None:
+    # nmap's forms use the probe's own sender domain and miss this; form 17 claims the host's domain
+    result, server = run(SenderWhitelist(), local_domain="mx.example.org", own_domains=["example.org"])
+    verdict = judge(result)
+    assert verdict.status == Status.VULNERABLE and "open_relay" in verdict.codes
+    assert [a.form for a in result.relay_attempts if a.accepted] == [17]
+    assert "form 17 (sender in a domain the host serves)" in verdict.reasons[0]
+    assert "inbound_refused" in verdict.codes  # never an MX: its own mail is refused too
+    assert_never_queued(server.transcript.verbs())
+
+
+def test_role_recipients_at_a_foreign_domain_are_tried() -> None:
+    result, _ = run(RecipientWhitelist(), local_domain="example.org")
+    verdict = judge(result)
+    assert verdict.status == Status.VULNERABLE and verdict.codes == ("open_relay",)
+    assert [a.form for a in result.relay_attempts if a.accepted] == [18, 19]
+    assert "postmaster@ a foreign domain; abuse@ a foreign domain" in verdict.reasons[0]
+
+
+def test_a_service_that_dies_after_its_greeting_is_broken_not_secure() -> None:
+    result, _ = run(Behaviour(drop_after_banner=True), local_domain="example.org")
+    verdict = judge(result)
+    assert verdict.status == Status.INCONCLUSIVE and verdict.codes == ("service_broken",)
+
+
+def test_a_temporary_refusal_of_inbound_mail_is_inbound_tempfail() -> None:
+    result, _ = run(Greylister(), local_domain="example.org")
+    verdict = judge(result, deferral="defer_unauth_destination")
+    assert "inbound_tempfail" in verdict.codes and verdict.local_ok is False
 
 
 def test_auth_required_at_mail_counts_as_refused() -> None:
@@ -182,7 +223,7 @@ def test_auth_required_at_mail_counts_as_refused() -> None:
 
 def test_exim_drops_after_three_syntax_errors_and_the_probe_reconnects_through_all_forms() -> None:
     result, server = run(EximDefault())
-    assert [a.form for a in result.relay_attempts] == list(range(1, 17))
+    assert [a.form for a in result.relay_attempts] == [*range(1, 17), 18, 19]  # no own domain: no form 17
     assert not any(a.dropped for a in result.relay_attempts)
     assert server.accepted >= 4 and result.reconnects >= 3 and result.errors == ()
     assert server.transcript.matching("MAIL FROM:<antispam@mx.exim.test>")  # SRV from the banner
@@ -193,7 +234,7 @@ def test_exim_drops_after_three_syntax_errors_and_the_probe_reconnects_through_a
 
 def test_421_mid_run_reconnects_and_retries_the_form() -> None:
     result, server = run(Drop421Once())
-    assert len(result.relay_attempts) == 16 and server.accepted >= 2
+    assert len(result.relay_attempts) == 18 and server.accepted >= 2
     assert not any(a.dropped for a in result.relay_attempts)
     assert judge(result).status == Status.SECURE
 
@@ -365,7 +406,8 @@ def test_simulate_poses_as_an_outside_client_via_xclient() -> None:
     assert verbs.index("XCLIENT") < verbs.index("MAIL") < verbs.index("AUTH")  # relay tested before AUTH
     assert_never_queued(verbs)
     assert verbs[-1] == "QUIT" and verbs.count("EHLO") == 2
-    assert [a.form for a in result.relay_attempts] == [1, 2, 3, 6, 7, 8, 11, 13, 14, 16]
+    assert [a.form for a in result.relay_attempts] == [1, 2, 3, 6, 7, 8, 11, 13, 14, 16, 17, 18, 19]
+    assert transcript.matching("MAIL FROM:<antispam@example.org>")
     assert result.source_address == "203.0.113.9" and result.errors == ()
     verdict = judge(result)
     assert verdict.codes == ("anonymous_auth",) and verdict.local_ok is True
@@ -453,5 +495,6 @@ def test_secure_needs_clean_evidence(result: ProbeResult, defer: bool, trusted: 
             assert a.mail_reply is not None
             rcpt = a.rcpt_reply
             assert a.mail_reply.klass == 5 or (rcpt is not None and (rcpt.klass == 5 or defer))
-        assert verdict.local_ok is not False
-    assert (verdict.status == Status.VULNERABLE) == bool(verdict.findings)
+        if verdict.local_ok is False:  # only as a health finding, never silently
+            assert local == "accept" and {"inbound_refused", "inbound_tempfail"} & set(verdict.codes)
+    assert (verdict.status == Status.VULNERABLE) == bool({"open_relay", "anonymous_auth"} & set(verdict.codes))

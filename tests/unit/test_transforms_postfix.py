@@ -647,3 +647,57 @@ def test_generated_master_cf_loses_only_unsafe_overrides(master: str, generated:
             j += 1
         assert set(names) <= flagged, (line, flagged)
     assert j == len(b)
+
+
+# --- values reached through $name, and SASL left with no real mechanism ----------------------------------
+INDIRECT = "compatibility_level = 3.6\nmy_trusted = 127.0.0.0/8, 0.0.0.0/0\nmynetworks = $my_trusted\n"
+
+
+def test_a_mynetworks_reference_is_fixed_where_the_value_lives_and_nothing_is_orphaned():
+    found = [f for f in audit(INDIRECT, "", trusted_networks=TRUSTED) if f.code == "open_relay"]
+    assert [(f.parameter, f.line) for f in found] == [("my_trusted", 2)]
+    assert "my_trusted = '127.0.0.0/8, 0.0.0.0/0'" in found[0].detail
+    out = run("restrict_mynetworks", INDIRECT)
+    assert diff(INDIRECT, out) == (["my_trusted = 127.0.0.0/8, 0.0.0.0/0\n"], ["my_trusted = 127.0.0.0/8 [::1]/128\n"])
+    assert run("restrict_mynetworks", out) is out
+    assert not [f for f in audit(out, "", trusted_networks=TRUSTED) if f.code in EXPOSURE]
+
+
+def test_a_reference_used_elsewhere_is_left_in_use_and_mynetworks_itself_is_set():
+    text = INDIRECT + "smtpd_client_restrictions = check_client_access cidr:/etc/postfix/c, $my_trusted\n"
+    out = run("restrict_mynetworks", text)
+    assert get_parameter(out, "mynetworks") == "127.0.0.0/8 [::1]/128"
+    assert get_parameter(out, "my_trusted") == "127.0.0.0/8, 0.0.0.0/0"
+    master = "smtp inet n - y - - smtpd\n  -o mynetworks=$my_trusted\n"
+    assert get_parameter(TRANSFORMS["restrict_mynetworks"](INDIRECT, trusted_networks=TRUSTED, master_cf=master),
+                         "mynetworks") == "127.0.0.0/8 [::1]/128"
+
+
+def test_a_safe_reference_is_not_a_finding():
+    text = "compatibility_level = 3.6\nmy_trusted = 127.0.0.0/8\nmynetworks = $my_trusted\n"
+    assert not audit(text, "", trusted_networks=TRUSTED)
+    assert run("restrict_mynetworks", text) is text
+
+
+ANON_ONLY = "compatibility_level = 3.6\nsmtpd_sasl_auth_enable = yes\nsmtpd_sasl_security_options =\n"
+
+
+def test_auth_offering_only_anonymous_is_turned_off_not_left_with_no_mechanism():
+    from remediate.mta.postfix.rules import sasl_mechanisms
+    mechanisms = sasl_mechanisms("pwcheck_method: auxprop\nmech_list: ANONYMOUS\n")
+    assert mechanisms == "ANONYMOUS"
+    found = audit(ANON_ONLY, "", trusted_networks=TRUSTED, mechanisms=mechanisms)
+    assert {(f.code, f.parameter) for f in found} == {("anonymous_auth", "smtpd_sasl_auth_enable"),
+                                                      ("anonymous_auth", "smtpd_sasl_security_options")}
+    out = TRANSFORMS["ensure_noanonymous"](ANON_ONLY, mechanisms=mechanisms)
+    assert get_parameter(out, "smtpd_sasl_auth_enable") == "no"
+    assert get_parameter(out, "smtpd_sasl_security_options") == "noanonymous"
+    assert TRANSFORMS["ensure_noanonymous"](out, mechanisms=mechanisms) is out
+    assert not [f for f in audit(out, "", trusted_networks=TRUSTED, mechanisms=mechanisms) if f.code in EXPOSURE]
+
+
+def test_auth_with_a_real_mechanism_left_stays_on():
+    for mechanisms in ("ANONYMOUS PLAIN LOGIN", ""):   # "" = not known: other mechanisms assumed
+        out = TRANSFORMS["ensure_noanonymous"](ANON_ONLY, mechanisms=mechanisms)
+        assert get_parameter(out, "smtpd_sasl_auth_enable") == "yes"
+        assert get_parameter(out, "smtpd_sasl_security_options") == "noanonymous"

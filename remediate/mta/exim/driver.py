@@ -68,7 +68,8 @@ class EximDriver(PlaybookDriver):
         return {**super().variables(host),
                 "trusted_networks": [exim_list_notation(n) for n in host.trusted_networks]}
 
-    def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]:
+    def audit(self, texts: Mapping[str, str], host: Host,
+              outputs: Mapping[str, str] = MappingProxyType({})) -> tuple[Finding, ...]:
         chosen = {name: texts[name] for name in self.playbook.files if name in live(texts)}  # in reading order
         paths = {name: self.playbook.files[name] for name in chosen}
         found = rules.audit(chosen, paths, trusted_networks=self.variables(host)["trusted_networks"],

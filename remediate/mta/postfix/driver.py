@@ -25,6 +25,9 @@ from remediate.probe import simulate as simulated_session
 from remediate.shell import Shell
 from remediate.verdict import describe, judge
 
+#: where Cyrus SASL looks for smtpd.conf when cyrus_sasl_config_path is empty (Debian's build first)
+CYRUS_PATH = ("/etc/postfix/sasl", "/usr/lib/sasl2", "/etc/sasl2")
+
 TRANSFORMS: Mapping[str, Transform] = MappingProxyType({
     "ensure_parameter": rules.ensure_parameter,
     "secure_relay_restrictions": rules.secure_relay_restrictions,
@@ -56,9 +59,25 @@ class PostfixDriver(PlaybookDriver):
         return {**super().variables(host),
                 "trusted_networks": [mynetworks_notation(n) for n in host.trusted_networks]}
 
-    def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]:
+    def read(self, shell: Shell) -> Facts:
+        """The playbook's files and facts, plus `sasl_mechanisms`: the Cyrus SASL mech_list smtpd uses
+        ("" when SASL is not Cyrus or no mech_list is set: every installed mechanism)."""
+        facts = super().read(shell)
+        kind, path, dirs = ([*facts.outputs.get("sasl", "").splitlines(), "", "", ""])[:3]
+        mechanisms = ""
+        if kind.strip() == "cyrus":
+            for directory in (dirs.split(":") if dirs.strip() else CYRUS_PATH):
+                conf = f"{directory.rstrip('/')}/{path.strip() or 'smtpd'}.conf"
+                if shell.exists(conf):
+                    mechanisms = rules.sasl_mechanisms(shell.read(conf).decode("utf-8", "replace"))
+                    break
+        return replace(facts, outputs={**facts.outputs, "sasl_mechanisms": mechanisms})
+
+    def audit(self, texts: Mapping[str, str], host: Host,
+              outputs: Mapping[str, str] = MappingProxyType({})) -> tuple[Finding, ...]:
         found = rules.audit(texts["main_cf"], texts["master_cf"],
-                            trusted_networks=self.variables(host)["trusted_networks"], policy=host.policy)
+                            trusted_networks=self.variables(host)["trusted_networks"], policy=host.policy,
+                            mechanisms=outputs.get("sasl_mechanisms", ""))
         paths = {"main.cf": self.playbook.files["main_cf"], "master.cf": self.playbook.files["master_cf"]}
         return tuple(_located(f, paths) for f in found)
 
@@ -66,11 +85,13 @@ class PostfixDriver(PlaybookDriver):
         if facts is None:
             return ProbeContext(local_domain=host.mail_domain)
         out = facts.outputs
+        local = host.mail_domain or out.get("myhostname") or None
         return ProbeContext(
-            local_domain=host.mail_domain or out.get("myhostname") or None,
+            local_domain=local,
             deferral=_deferral(out.get("relay_restrictions", "")),
             served=(("relay_domains", literal_domains(out.get("relay_domains", ""))),
-                    ("mydestination", literal_domains(out.get("mydestination", "")))))
+                    ("mydestination", literal_domains(out.get("mydestination", "")))),
+            own_domains=own_domains(local, out.get("mydestination", "")))
 
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
         """A real smtpd against `directory` over a pipe, from a simulated outside address (XCLIENT)."""
@@ -84,18 +105,28 @@ class PostfixDriver(PlaybookDriver):
             name, sep, value = line.partition(" = ")
             if sep:
                 argv += ["-o", f"{name.rsplit('/', 1)[-1]}={value}"]
-        restrictions = shell.run(["postconf", "-c", directory, "-h", "smtpd_relay_restrictions"], check=False).out
-        myhostname = shell.run(["postconf", "-c", directory, "-h", "myhostname"], check=False).out.strip()
+        values = shell.run(["postconf", "-c", directory, "-xh", "smtpd_relay_restrictions", "myhostname",
+                            "mydestination"], check=False).out.splitlines()
+        restrictions, myhostname, mydestination = [*values, "", "", ""][:3]
+        local = host.mail_domain or myhostname.strip()
         chan = shell.open_stream(argv)
         try:
             result = simulated_session(chan, xclient_addr=sim.options.get("xclient_addr", "203.0.113.9"),
-                                       probe_domain=host.probe_domain, local_domain=host.mail_domain or myhostname,
-                                       helo=HELO)
+                                       probe_domain=host.probe_domain, local_domain=local,
+                                       own_domains=own_domains(local, mydestination), helo=HELO)
         finally:
             chan.close()
         verdict = judge(result, deferral=_deferral(restrictions),
                         expect_local=policy.expect_local, source="simulation")
         return Simulation(verdict, describe(result, verdict), result)
+
+
+def own_domains(local: str | None, mydestination: str) -> tuple[str, ...]:
+    """Domains the host serves, to forge a sender in: the local domain, then mydestination's literal
+    domains (not `localhost` names)."""
+    names = [local] if local else []
+    names += [d for d in literal_domains(mydestination) if not d.lower().startswith("localhost") and "$" not in d]
+    return tuple(dict.fromkeys(n.lower() for n in names))
 
 
 def _deferral(relay_restrictions: str) -> str | None:

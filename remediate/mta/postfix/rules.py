@@ -186,6 +186,27 @@ def _recipient_problem(params: Mapping[str, Parameter]) -> str | None:
                "one is emptied" if masked else ""))
 
 
+def holder(params: Mapping[str, Parameter], name: str) -> str:
+    """The parameter that holds ``name``'s value: ``name`` itself, or where a chain of whole-value ``$x``
+    references (``mynetworks = $my_trusted``) ends among the parameters main.cf sets."""
+    seen = {name}
+    while name in params and (target := _single_reference(params[name].value) or "") in params \
+            and target not in seen:
+        seen.add(target)
+        name = target
+    return name
+
+
+def _single_reference(value: str) -> str | None:
+    items = split_list(value)
+    return reference(items[0]) if len(items) == 1 else None
+
+
+def _references(text: str, name: str) -> int:
+    """How many times ``$name``, ``${name}`` or ``$(name)`` occurs in ``text``."""
+    return len(re.findall(rf"\$(?:{name}\b|\{{{name}\}}|\({name}\))", text))
+
+
 def _mynetworks_problem(params: Mapping[str, Parameter], trusted: Sequence[Network]) -> str | None:
     values = _values(params)
     current = params.get("mynetworks")
@@ -198,10 +219,12 @@ def _mynetworks_problem(params: Mapping[str, Parameter], trusted: Sequence[Netwo
         shown = f"mynetworks_style = {style}" if style is not None else \
             "mynetworks_style defaults to subnet (compatibility_level below 2)"
         return f"mynetworks is not set and {shown}: every host on the server's networks may relay"
-    entry = _untrusted_entry(split_list(current.value), trusted)
+    entry = _untrusted_entry(expand(split_list(current.value), values), trusted)
     if entry is None:
         return None
-    return (f"mynetworks = {current.value!r}: {entry!r} is not a literal network inside the trusted "
+    via = holder(params, "mynetworks")
+    shown = f"mynetworks = {current.value!r}" + (f" and {via} = {values[via]!r}" if via != "mynetworks" else "")
+    return (f"{shown}: {entry!r} is not a literal network inside the trusted "
             "networks, and every client mynetworks matches may relay through permit_mynetworks")
 
 
@@ -289,19 +312,66 @@ def secure_recipient_restrictions(text: str) -> str:
     return ensure_parameter(text, name="smtpd_recipient_restrictions", value=value)
 
 
-def restrict_mynetworks(text: str, *, trusted_networks: list[str]) -> str:
-    """Set ``mynetworks`` to the trusted networks unless it already lies inside them (literal networks only).
+def restrict_mynetworks(text: str, *, trusted_networks: list[str], master_cf: str = "") -> str:
+    """Set ``mynetworks`` to the trusted networks unless it already lies inside them (literal networks, after
+    ``$name`` references are followed).
 
+    The value is fixed where it lives: when ``mynetworks = $my_trusted`` (a chain of whole-value
+    references) and nothing else in main.cf or ``master_cf`` refers to the parameters of the chain, the
+    parameter at its end is set, so none is left unused (``postconf`` would warn "unused parameter");
+    otherwise ``mynetworks`` itself is set and the others stay in use where they are referred to.
     Raises ConfigError when a trusted network is not in Postfix notation (IPv6 goes in brackets).
     """
     trusted = _trusted(trusted_networks)
-    if _mynetworks_problem(effective_parameters(text), trusted) is None:
+    params = effective_parameters(text)
+    if _mynetworks_problem(params, trusted) is None:
         return text
-    return ensure_parameter(text, name="mynetworks", value=" ".join(trusted_networks))
+    chain, name = [], "mynetworks"
+    while name in params and (name := _single_reference(params[name].value) or "") in params \
+            and name not in chain and name != "mynetworks":
+        chain.append(name)
+    everything = "\n".join(p.value for p in params.values()) + "\n" + master_cf
+    target = chain[-1] if chain and all(_references(everything, n) == 1 for n in chain) else "mynetworks"
+    return ensure_parameter(text, name=target, value=" ".join(trusted_networks))
 
 
-def ensure_noanonymous(text: str) -> str:
-    """Add ``noanonymous`` to explicitly set SASL security options that lack it; unset options stay unset."""
+def sasl_mechanisms(conf: str) -> str:
+    """The ``mech_list`` of a Cyrus SASL application file (``/etc/postfix/sasl/smtpd.conf``), upper-cased and
+    space-separated; "" when the file sets none (then every installed mechanism is offered)."""
+    for line in conf.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "mech_list":
+            return " ".join(value.replace(",", " ").upper().split())
+    return ""
+
+
+def _anonymous_only(mechanisms: str) -> bool:
+    return bool(mechanisms.split()) and set(mechanisms.split()) == {"ANONYMOUS"}
+
+
+def _sasl_on(values: Mapping[str, str]) -> bool:
+    return values.get("smtpd_sasl_auth_enable", "no").strip().lower() in ("yes", "true")
+
+
+def _auth_problem(params: Mapping[str, Parameter], mechanisms: str) -> str | None:
+    """AUTH on, with ANONYMOUS its only mechanism: `noanonymous` alone would leave none, and smtpd ends every
+    session right after the greeting (postconf(5) smtpd_sasl_security_options; Cyrus mech_list)."""
+    if not _sasl_on(_values(params)) or not _anonymous_only(mechanisms):
+        return None
+    return (f"AUTH is on and its only mechanism is {mechanisms} (Cyrus mech_list): no client can really "
+            "authenticate, and adding noanonymous alone would leave no mechanism, which makes smtpd end every "
+            "session; AUTH is turned off instead (smtpd_sasl_auth_enable = no)")
+
+
+def ensure_noanonymous(text: str, *, mechanisms: str = "") -> str:
+    """Add ``noanonymous`` to explicitly set SASL security options that lack it; unset options stay unset.
+
+    ``mechanisms`` is the SASL ``mech_list`` (`sasl_mechanisms`; "" = not known, other mechanisms assumed).
+    When AUTH is on and ANONYMOUS is its only mechanism, AUTH is turned off as well, since a service
+    left with no mechanism fails every session.
+    """
+    if _auth_problem(effective_parameters(text), mechanisms) is not None:
+        text = ensure_parameter(text, name="smtpd_sasl_auth_enable", value="no")
     for name in SASL_OPTIONS:
         params = effective_parameters(text)
         current = params.get(name)
@@ -334,8 +404,9 @@ def remove_unsafe_overrides(text: str, *, trusted_networks: list[str], main_cf: 
 
 
 def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
-          policy: str = "relay-auth") -> list[Finding]:
-    """Explain, line by line, what in main.cf and master.cf exposes the server (main.cf findings first)."""
+          policy: str = "relay-auth", mechanisms: str = "") -> list[Finding]:
+    """Explain, line by line, what in main.cf and master.cf exposes the server (main.cf findings first).
+    ``mechanisms``: the SASL mech_list, as `ensure_noanonymous` takes it."""
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}", key="policy")
     trusted = _trusted(trusted_networks)
@@ -350,9 +421,10 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
 
     main("open_relay", "smtpd_relay_restrictions", _relay_problem(params, policy))
     main("open_relay", "smtpd_recipient_restrictions", _recipient_problem(params))
-    main("open_relay", "mynetworks", _mynetworks_problem(params, trusted))
+    main("open_relay", holder(params, "mynetworks"), _mynetworks_problem(params, trusted))
+    main("anonymous_auth", "smtpd_sasl_auth_enable", _auth_problem(params, mechanisms))
     services = [service for service in parse_services(master_cf) if service.is_smtpd]
-    sasl_main = values.get("smtpd_sasl_auth_enable", "no").strip().lower() in ("yes", "true")
+    sasl_main = _sasl_on(values)
     sasl_services = [service.label for service in services for override in service.overrides
                      if override.name == "smtpd_sasl_auth_enable"
                      and override.value.strip().lower() in ("yes", "true")]

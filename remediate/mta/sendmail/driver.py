@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from remediate.errors import ValidationError
@@ -46,7 +47,8 @@ class SendmailDriver(PlaybookDriver):
     def variables(self, host: Host) -> dict[str, Any]:
         return {**super().variables(host), "trusted_networks": [str(n) for n in host.trusted_networks]}
 
-    def audit(self, texts: Mapping[str, str], host: Host) -> tuple[Finding, ...]:
+    def audit(self, texts: Mapping[str, str], host: Host,
+              outputs: Mapping[str, str] = MappingProxyType({})) -> tuple[Finding, ...]:
         names = ("mc", "access")
         return tuple(rules.audit({n: texts[n] for n in names}, {n: self.playbook.files[n] for n in names},
                                  trusted_networks=self.variables(host)["trusted_networks"], policy=host.policy))
