@@ -134,7 +134,7 @@ def scan_host(host: Host, settings: Settings) -> HostResult:
     context = driver.probe_context(host, facts) if driver else ProbeContext(local_domain=host.mail_domain)
     expect = driver.playbook.policies[host.policy].expect_local if driver else POLICY_EXPECTS[host.policy]
     verdict, result = outside_probe(host, context, expect)
-    if result.banner is None and not result.relay_attempts:
+    if result.banner is None and not result.connected:
         return HostResult(host.name, host.address, Status.UNREACHABLE, error="; ".join(result.errors) or
                           "no SMTP answer", notes=tuple(notes))
     status = verdict.status
@@ -144,9 +144,10 @@ def scan_host(host: Host, settings: Settings) -> HostResult:
         status = Status.VULNERABLE
         notes.append("the probe from here was refused, but the configuration allows it (findings from the "
                      "configuration)")
-    findings = verdict.findings + (explained if status is Status.VULNERABLE else ())
+    shown = status is not Status.SECURE   # what the configuration exposes is a finding unless all is well
+    findings = verdict.findings + (explained if shown else ())
     notes += [r for r in verdict.reasons if status is not Status.VULNERABLE]
-    notes += [f.text for f in explained if status is not Status.VULNERABLE]
+    notes += [f.text for f in explained if not shown]
     return HostResult(host.name, host.address, status, findings_before=findings, notes=tuple(notes))
 
 

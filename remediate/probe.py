@@ -113,6 +113,7 @@ class _Opened:
     banner: Reply | None = None
     ehlo: Reply | None = None
     error: str | None = None
+    connected: bool = False   # the TCP connection was accepted
 
 
 def _open(connect: Connect, address: str, port: int, helo: str, timeout: float,
@@ -122,7 +123,7 @@ def _open(connect: Connect, address: str, port: int, helo: str, timeout: float,
         stream = connect(address, port, timeout)
     except OSError as exc:
         return _Opened(None, error=f"cannot connect to {address}:{port}: {exc}")
-    session, opened = SmtpSession(stream, timeout=timeout), _Opened(None)
+    session, opened = SmtpSession(stream, timeout=timeout), _Opened(None, connected=True)
     try:
         opened.banner = session.read_reply()
         if opened.banner.klass != 2:
@@ -153,6 +154,7 @@ class _Link:
         self.first: _Opened | None = None
         self.errors: list[str] = []
         self.strikes = self.opens = self.used = 0
+        self.connected = False
 
     @property
     def alive(self) -> bool:
@@ -162,6 +164,7 @@ class _Link:
         while self.session is None and self.alive:
             opened = self._opener()
             self.opens += 1
+            self.connected |= opened.connected
             self.first = self.first if self.first and self.first.session else opened
             self.session = opened.session
             if opened.error:
@@ -243,7 +246,7 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
     first = link.first
     if session is None or first is None or first.ehlo is None:
         return ProbeResult(address, port, first.banner if first else None, source_address,
-                           errors=tuple(link.errors))
+                           errors=tuple(link.errors), connected=link.connected)
     caps = parse_ehlo(first.ehlo)
     srv = server_name(first.banner, caps, address) if first.banner else address
     source, ip = _endpoint(session.stream, "getsockname"), _endpoint(session.stream, "getpeername")
@@ -275,7 +278,7 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
         anonymous, anon_relay = _anonymous_session(opener(), helo, probe_domain, errors)
     return ProbeResult(address, port, first.banner, source or source_address, caps.auth, caps.starttls,
                        tls_auth, anonymous, tuple(attempts), local, tuple(errors), anon_relay,
-                       max(0, link.opens - 1), first.ehlo)
+                       max(0, link.opens - 1), first.ehlo, connected=True)
 
 
 def _own(own_domains: Sequence[str] | None, local_domain: str | None) -> tuple[str, ...]:
@@ -343,4 +346,4 @@ def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
     finally:
         session.quit()
     return ProbeResult("simulation", 0, banner, xclient_addr, caps.auth, caps.starttls, None, anonymous,
-                       tuple(attempts), local, tuple(errors), anon_relay, 0, ehlo)
+                       tuple(attempts), local, tuple(errors), anon_relay, 0, ehlo, connected=True)

@@ -293,3 +293,4 @@ class ProbeResult:
     anonymous_relay: RelayAttempt | None = None  # form 2 tried after a 235 to AUTH ANONYMOUS
     reconnects: int = 0  # relay sessions reopened after a drop or 421
     ehlo: Reply | None = None  # the plaintext EHLO (or HELO) reply
+    connected: bool = False  # a TCP connection (or the simulation's stream) was accepted

@@ -117,6 +117,19 @@ def _judge_local(result: ProbeResult, expect_local: str, evidence: dict[str, lis
     return local_ok
 
 
+def _judge_service(result: ProbeResult, evidence: dict[str, list[str]], doubts: list[str]) -> None:
+    """A port that takes the connection but never greets, or greets and then fails EHLO, is broken."""
+    where = f"{result.address}:{result.port}"
+    if result.banner is None:
+        doubts.append(f"no SMTP banner from {where}")
+        if result.connected:
+            evidence[SERVICE_BROKEN] = [f"{where} accepts connections but never greets: the service is broken "
+                                        "(a fatal error ends every session, or it hangs)"]
+    elif result.banner.klass == 2 and result.ehlo is None and result.errors:
+        evidence[SERVICE_BROKEN] = [f"{where} greets ({result.banner}) and then fails the session at EHLO: the "
+                                    "service is broken (a fatal configuration error ends every session)"]
+
+
 def _discount_relay(result: ProbeResult, evidence: dict[str, list[str]], doubts: list[str], trusted: bool,
                     served: tuple[str, str] | None) -> None:
     """Relay results that prove nothing: from a network the host trusts, or to a domain it serves."""
@@ -148,12 +161,7 @@ def judge(result: ProbeResult, *, deferral: str | None = None, orchestrator_trus
     evidence: dict[str, list[str]] = {}  # finding code -> why
     doubts: list[str] = []  # what keeps it from being secure
     facts: list[str] = []  # what was proven
-    if result.banner is None:
-        doubts.append(f"no SMTP banner from {result.address}:{result.port}")
-    elif result.banner.klass == 2 and result.ehlo is None and result.errors:
-        evidence[SERVICE_BROKEN] = [f"{result.address}:{result.port} greets ({result.banner}) and then fails the "
-                                    "session at EHLO: the service is broken (a fatal configuration error ends "
-                                    "every session)"]
+    _judge_service(result, evidence, doubts)
     doubts += [f"probe error: {error}" for error in result.errors]
 
     _judge_anonymous(result, evidence, facts)

@@ -20,13 +20,15 @@ LAB_STATE = Path(os.environ.get("REMEDIATE_TEST_LAB_STATE", "/run/remediate-lab-
 LAB_SUBNET = os.environ.get("REMEDIATE_TEST_LAB_SUBNET", "10.98.0.0/24")
 LAB_PREFIX = os.environ.get("REMEDIATE_TEST_LAB_PREFIX", "rmtest")
 # one host per scenario, plus spare open-relay hosts for tests that break things on purpose; then one
-# Exim host per Exim scenario and one Sendmail host per Sendmail scenario
+# Exim host per Exim scenario and one Sendmail host per Sendmail scenario; then the real-world Postfix cases
 LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map", "secure", "messy",
                  "sudo-user", "open-relay", "open-relay",
                  "exim-secure", "exim-relay-nets", "exim-anonymous", "exim-shadowing", "exim-split-no-gate",
                  "exim-unused-relay-nets",
                  "sendmail-secure", "sendmail-promiscuous", "sendmail-connect-octets", "sendmail-to-relay",
-                 "sendmail-anonymous", "sendmail-all-addresses"]
+                 "sendmail-anonymous", "sendmail-all-addresses",
+                 "sender-whitelist", "recipient-whitelist", "anonymous-only", "inbound-refused", "inbound-tempfail",
+                 "indirect-mynetworks", "subnet-style", "cidr-host-bits"]
 
 
 @pytest.fixture(scope="session")

@@ -52,10 +52,15 @@ makemap hash access < access
 /usr/sbin/sendmail-mta -bi
 /usr/sbin/sendmail-mta -L sm-mta -bd -q10m
 """
+#: the hash: tables a scenario's main.cf names are built first, as an administrator's postmap would
+POSTFIX_START = """\
+for map in $(postconf -n | grep -o 'hash:/etc/postfix/[^ ,]*' | sed 's/^hash://' | sort -u); do postmap "$map"; done
+exec /usr/sbin/postfix start
+"""
 SMMTA_USER, SMMSP_USER = ("smmta", 3102, "/var/lib/sendmail"), ("smmsp", 3103, "/var/lib/sendmail")
 
 MTAS: dict[str, LabMta] = {m.name: m for m in (
-    LabMta("postfix", (), start=(("/usr/sbin/postfix", "start"),), stop=("/usr/sbin/postfix", "stop")),
+    LabMta("postfix", (), start=(("sh", "-c", POSTFIX_START),), stop=("/usr/sbin/postfix", "stop")),
     LabMta("exim", ("exim4-base", "exim4-config", "exim4-daemon-light", "libidn12"),
            users=(EXIM_USER,),
            dirs=(("/var/spool/exim4", 0o750, "Debian-exim"), ("/var/spool/exim4/db", 0o750, "Debian-exim"),

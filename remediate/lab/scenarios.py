@@ -145,6 +145,62 @@ def _messy(fqdn: str, master: str) -> dict[str, str]:
     return {"/etc/postfix/main.cf": text + MESSY_TAIL, "/etc/postfix/master.cf": master}
 
 
+def _sender_whitelist(fqdn: str, master: str) -> dict[str, str]:
+    """Relay decided by the (forgeable) sender domain; the host serves acme.test but is not an MX."""
+    text = _main(fqdn).replace(
+        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+        "smtpd_relay_restrictions = permit\nsmtpd_recipient_restrictions = reject_non_fqdn_recipient, "
+        "check_sender_access hash:/etc/postfix/allowed_senders, reject")
+    text = text.replace("localhost.localdomain, localhost", "localhost.localdomain, localhost, acme.test")
+    return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master,
+            "/etc/postfix/allowed_senders": "acme.test OK\n"}
+
+
+def _recipient_whitelist(fqdn: str, master: str) -> dict[str, str]:
+    text = _main(fqdn).replace(
+        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+        "smtpd_relay_restrictions =\nsmtpd_recipient_restrictions = check_recipient_access "
+        "regexp:/etc/postfix/recipient_checks.regexp, permit_mynetworks, reject_unauth_destination")
+    return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master,
+            "/etc/postfix/recipient_checks.regexp": "/^postmaster@/ OK\n/^abuse@/ OK\n"}
+
+
+def _anonymous_only(fqdn: str, master: str) -> dict[str, str]:
+    extra = "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_security_options =\n"
+    return {"/etc/postfix/main.cf": _main(fqdn, extra), "/etc/postfix/master.cf": master,
+            "/etc/postfix/sasl/smtpd.conf": "pwcheck_method: auxprop\nmech_list: ANONYMOUS\n"}
+
+
+def _inbound_refused(fqdn: str, master: str) -> dict[str, str]:
+    """Relay closed, but every unauthenticated recipient refused, its own domains included."""
+    extra = "smtpd_recipient_restrictions = permit_sasl_authenticated, reject\n"
+    return {"/etc/postfix/main.cf": _main(fqdn, extra), "/etc/postfix/master.cf": master}
+
+
+def _inbound_tempfail(fqdn: str, master: str) -> dict[str, str]:
+    """Relay closed; mail for its own domain fails a lookup in a table that was never postmap'd (451)."""
+    extra = ("smtpd_recipient_restrictions = reject_unauth_destination, "
+             "check_recipient_access btree:/etc/postfix/never_built\n")
+    return {"/etc/postfix/main.cf": _main(fqdn, extra), "/etc/postfix/master.cf": master}
+
+
+def _indirect(fqdn: str, master: str) -> dict[str, str]:
+    text = _main(fqdn, mynetworks="$my_trusted").replace(
+        "mynetworks = $my_trusted", "my_trusted = 127.0.0.0/8, 0.0.0.0/0\nmynetworks = $my_trusted")
+    return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master}
+
+
+def _subnet_style(fqdn: str, master: str) -> dict[str, str]:
+    text = _main(fqdn).replace("mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128\n",
+                               "mynetworks_style = subnet\n")
+    return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master}
+
+
+def _cidr_host_bits(fqdn: str, master: str) -> dict[str, str]:
+    return {"/etc/postfix/main.cf": _main(fqdn, mynetworks="127.0.0.0/8 10.0.0.1/8"),
+            "/etc/postfix/master.cf": master}
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("open-relay", "mynetworks = 0.0.0.0/0", ("open_relay",), _postfix(_open_relay)),
     Scenario("anonymous-auth", "Cyrus SASL with ANONYMOUS and empty smtpd_sasl_security_options",
@@ -158,6 +214,22 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              ("open_relay",), _postfix(_messy)),
     Scenario("sudo-user", "as open-relay, reached as a non-root user with become",
              ("open_relay",), _postfix(_open_relay), sudo_user=True),
+    Scenario("sender-whitelist", "relay for any sender claiming acme.test (check_sender_access OK); not an MX",
+             ("open_relay", "inbound_refused"), _postfix(_sender_whitelist)),
+    Scenario("recipient-whitelist", "postmaster@ and abuse@ any domain relayed (check_recipient_access OK "
+             "ahead of reject_unauth_destination)", ("open_relay",), _postfix(_recipient_whitelist)),
+    Scenario("anonymous-only", "SASL whose only mechanism is ANONYMOUS", ("anonymous_auth",),
+             _postfix(_anonymous_only)),
+    Scenario("inbound-refused", "relay closed; every unauthenticated recipient refused, own domains included",
+             ("inbound_refused",), _postfix(_inbound_refused)),
+    Scenario("inbound-tempfail", "relay closed; own-domain mail fails a lookup in a missing table (451)",
+             ("inbound_tempfail",), _postfix(_inbound_tempfail)),
+    Scenario("indirect-mynetworks", "mynetworks = $my_trusted, which holds 0.0.0.0/0", ("open_relay",),
+             _postfix(_indirect)),
+    Scenario("subnet-style", "mynetworks_style = subnet: the whole lab subnet, prober included, may relay",
+             ("open_relay",), _postfix(_subnet_style)),
+    Scenario("cidr-host-bits", "mynetworks with 10.0.0.1/8 (host bits set): all of 10/8 may relay",
+             ("open_relay",), _postfix(_cidr_host_bits)),
     Scenario("exim-secure", "Debian's exim4-config for an internet site", (), exim.secure, mta="exim"),
     Scenario("exim-relay-nets", "dc_relay_nets='0.0.0.0/0'", ("open_relay",), exim.relay_nets, mta="exim"),
     Scenario("exim-anonymous", "an always-succeeding plaintext authenticator advertised as ANONYMOUS",

@@ -210,6 +210,15 @@ def test_a_service_that_dies_after_its_greeting_is_broken_not_secure() -> None:
     assert verdict.status == Status.INCONCLUSIVE and verdict.codes == ("service_broken",)
 
 
+def test_a_port_that_takes_connections_and_never_greets_is_broken_not_unreachable() -> None:
+    result, _ = run(Behaviour(banner=(), drop_after_banner=True))
+    assert result.connected and result.banner is None
+    verdict = judge(result)
+    assert verdict.status == Status.INCONCLUSIVE and verdict.codes == ("service_broken",)
+    closed = probe("127.0.0.1", 1, timeout=1.0)   # nothing listens: unreachable, not broken
+    assert not closed.connected and judge(closed).codes == ()
+
+
 def test_a_temporary_refusal_of_inbound_mail_is_inbound_tempfail() -> None:
     result, _ = run(Greylister(), local_domain="example.org")
     verdict = judge(result, deferral="defer_unauth_destination")

@@ -523,13 +523,14 @@ MAIN_TOUCHES = {
     "secure_relay_restrictions": {"smtpd_relay_restrictions"},
     "require_auth_all": {"smtpd_relay_restrictions"},
     "secure_recipient_restrictions": {"smtpd_recipient_restrictions"},
-    "restrict_mynetworks": {"mynetworks"},
+    # where mynetworks is a `$name` reference to a parameter nothing else uses, the value is fixed there
+    "restrict_mynetworks": {"mynetworks", "relay_list"},
     "ensure_noanonymous": {"smtpd_sasl_security_options", "smtpd_sasl_tls_security_options"},
 }
 FINDING_OF = {
     "secure_relay_restrictions": {("open_relay", "smtpd_relay_restrictions")},
     "secure_recipient_restrictions": {("open_relay", "smtpd_recipient_restrictions")},
-    "restrict_mynetworks": {("open_relay", "mynetworks")},
+    "restrict_mynetworks": {("open_relay", "mynetworks"), ("open_relay", "relay_list")},
     "ensure_noanonymous": {("anonymous_auth", "smtpd_sasl_security_options"),
                            ("anonymous_auth", "smtpd_sasl_tls_security_options")},
 }
