@@ -154,6 +154,22 @@ class Host:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpService:
+    """An SMTP listener of a host besides its probe port, as its driver read it: `name` (the MTA's own, e.g.
+    `submission`), TCP `port`, `implicit_tls` (TLS from the first byte, RFC 8314 port 465) and `submission`
+    (a port for mail clients, RFC 6409: unauthenticated clients should not get mail in at all)."""
+
+    name: str
+    port: int
+    implicit_tls: bool = False
+    submission: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (port {self.port})"
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeContext:
     """What a driver read on the host that the outside probe needs to judge it.
 
@@ -161,12 +177,14 @@ class ProbeContext:
     `deferral`: the setting that makes the host answer unauthorised relay with a 4xx deferral, if any
     (so a 4.7.1 counts as refused, and the verdict names the setting); `served`: (name of the MTA's list,
     literal domains in it), used to tell when the probe's "foreign" domain is one the host serves;
-    `own_domains`: domains the host serves, which the probe forges a sender in (empty: `local_domain`)."""
+    `own_domains`: domains the host serves, which the probe forges a sender in (empty: `local_domain`);
+    `services`: its other SMTP listeners, each probed with the same relay tests."""
 
     local_domain: str | None = None
     deferral: str | None = None
     served: tuple[tuple[str, tuple[str, ...]], ...] = ()
     own_domains: tuple[str, ...] = ()
+    services: tuple[SmtpService, ...] = ()
 
     def serving(self, domain: str) -> str | None:
         """The name of the list that covers `domain` (itself or a parent), or None."""

@@ -254,6 +254,20 @@ EXTRA_FORMS = {OWN_SENDER: "sender in a domain the host serves", POSTMASTER: "po
                ABUSE: "abuse@ a foreign domain"}
 
 
+def implicit_tls_connect(source_address: str | None = None) -> Connect:
+    """A `Connect` that speaks TLS from the first byte (RFC 8314, port 465), with the scanner's context."""
+    plain = default_connect(source_address)
+
+    def connect(address: str, port: int, timeout: float) -> Stream:
+        sock = plain(address, port, timeout)
+        try:
+            return scanner_tls_context().wrap_socket(sock)  # type: ignore[arg-type]
+        except OSError:
+            sock.close()  # type: ignore[attr-defined]
+            raise
+    return connect
+
+
 @dataclass(frozen=True, slots=True)
 class RelayAttempt:
     """One MAIL/RCPT pair. `form` is the test number: nmap's 1-16, ours 17-19 (`EXTRA_FORMS`), 0 = the

@@ -10,7 +10,7 @@ verdict. Anything that could not be proven keeps a host from being secure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from remediate.model import Finding, Status
 from remediate.smtp import EXTRA_FORMS, ProbeResult, RelayAttempt, Reply
@@ -20,6 +20,7 @@ ANONYMOUS_AUTH = "anonymous_auth"
 INBOUND_REFUSED = "inbound_refused"
 INBOUND_TEMPFAIL = "inbound_tempfail"
 SERVICE_BROKEN = "service_broken"
+SUBMISSION_WITHOUT_AUTH = "submission_without_auth"
 #: the findings that make a host vulnerable (the others say it is unhealthy)
 SECURITY = frozenset({OPEN_RELAY, ANONYMOUS_AUTH})
 
@@ -197,6 +198,26 @@ def judge(result: ProbeResult, *, deferral: str | None = None, orchestrator_trus
     findings = tuple(Finding(code, "; ".join(why), source) for code, why in evidence.items())
     found = [why for whys in evidence.values() for why in whys]
     return Verdict(status, findings, tuple(found + doubts + facts), local_ok)
+
+
+_SEVERITY = {Status.SECURE: 0, Status.INCONCLUSIVE: 1, Status.VULNERABLE: 2}
+
+
+def merged(verdict: Verdict, label: str, other: Verdict, *, submission: bool, source: str = "probe") -> Verdict:
+    """`verdict` (the probe port's) with `other` (another SMTP service's, called `label`) folded in: its
+    findings and reasons prefixed with `label`, the worse status. On a `submission` port (RFC 6409) mail
+    for the host's own domain refused to an unauthenticated client is right, and accepted is the health
+    finding `submission_without_auth`."""
+    dropped = {INBOUND_REFUSED, INBOUND_TEMPFAIL} if submission else set()
+    kept = [f for f in other.findings if f.code not in dropped]
+    if submission and other.local_ok:
+        kept.append(Finding(SUBMISSION_WITHOUT_AUTH, "takes mail from unauthenticated clients: a submission port "
+                            "should require AUTH (RFC 6409 4.3)", source))
+    gone = {f.detail for f in other.findings if f.code in dropped}
+    reasons = [f"{label}: {r}" for r in other.reasons if r not in gone]
+    status = max(verdict.status, other.status, key=_SEVERITY.__getitem__)
+    return Verdict(status, verdict.findings + tuple(replace(f, detail=f"{label}: {f.detail}") for f in kept),
+                   verdict.reasons + tuple(reasons), verdict.local_ok)
 
 
 def describe(result: ProbeResult, verdict: Verdict) -> str:

@@ -12,16 +12,28 @@ import time
 
 from remediate.model import Host, ProbeContext, Status
 from remediate.probe import HELO, probe
-from remediate.smtp import ProbeResult
-from remediate.verdict import Verdict, judge
+from remediate.smtp import ProbeResult, implicit_tls_connect
+from remediate.verdict import Verdict, judge, merged
 
 
 def outside_probe(host: Host, context: ProbeContext, expect_local: str,
                   timeout: float = 10.0) -> tuple[Verdict, ProbeResult]:
-    """Probe the host's SMTP port from here and judge it. Never raises for network trouble."""
-    result = probe(host.address, host.probe_port, probe_domain=host.probe_domain,
+    """Probe the host's SMTP port from here, then each other SMTP service its driver found (`context.services`,
+    the same relay tests; TLS from the first byte where the service says so), and judge them as one verdict.
+    Returns it with the probe port's result. Never raises for network trouble."""
+    verdict, result = _probe_port(host, context, host.probe_port, expect_local, timeout)
+    for service in context.services:
+        if service.port != host.probe_port:
+            other, _ = _probe_port(host, context, service.port, "accept", timeout, service.implicit_tls)
+            verdict = merged(verdict, service.label, other, submission=service.submission)
+    return verdict, result
+
+
+def _probe_port(host: Host, context: ProbeContext, port: int, expect_local: str, timeout: float,
+                implicit_tls: bool = False) -> tuple[Verdict, ProbeResult]:
+    result = probe(host.address, port, probe_domain=host.probe_domain,
                    local_domain=context.local_domain, own_domains=context.own_domains or None, helo=HELO,
-                   timeout=timeout)
+                   timeout=timeout, tls=not implicit_tls, connect=implicit_tls_connect() if implicit_tls else None)
     # Inside the networks the host is *meant* to trust, relay results prove nothing either way. Inside a
     # relay network wider than that, an accepted relay is exactly the finding.
     verdict = judge(result, deferral=context.deferral,

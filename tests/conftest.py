@@ -28,7 +28,7 @@ LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map"
                  "sendmail-secure", "sendmail-promiscuous", "sendmail-connect-octets", "sendmail-to-relay",
                  "sendmail-anonymous", "sendmail-all-addresses",
                  "sender-whitelist", "recipient-whitelist", "anonymous-only", "inbound-refused", "inbound-tempfail",
-                 "indirect-mynetworks", "subnet-style", "cidr-host-bits"]
+                 "indirect-mynetworks", "subnet-style", "cidr-host-bits", "extra-services"]
 
 
 @pytest.fixture(scope="session")

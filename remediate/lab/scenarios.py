@@ -201,6 +201,19 @@ def _cidr_host_bits(fqdn: str, master: str) -> dict[str, str]:
             "/etc/postfix/master.cf": master}
 
 
+def _extra_services(fqdn: str, master: str) -> dict[str, str]:
+    """Port 25 is fine; submission (587) is broken by a relay list without a relay stop (smtpd's own safety
+    check makes it exit on every connection), and smtps (465, TLS from the first byte) trusts everyone."""
+    master += ("submission inet n       -       y       -       -       smtpd\n"
+               "  -o syslog_name=postfix/submission\n"
+               "  -o smtpd_relay_restrictions=permit_mynetworks,permit\n"
+               "smtps     inet  n       -       y       -       -       smtpd\n"
+               "  -o syslog_name=postfix/smtps\n"
+               "  -o smtpd_tls_wrappermode=yes\n"
+               "  -o mynetworks=0.0.0.0/0\n")
+    return {"/etc/postfix/main.cf": _main(fqdn), "/etc/postfix/master.cf": master}
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("open-relay", "mynetworks = 0.0.0.0/0", ("open_relay",), _postfix(_open_relay)),
     Scenario("anonymous-auth", "Cyrus SASL with ANONYMOUS and empty smtpd_sasl_security_options",
@@ -228,6 +241,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              _postfix(_indirect)),
     Scenario("subnet-style", "mynetworks_style = subnet: the whole lab subnet, prober included, may relay",
              ("open_relay",), _postfix(_subnet_style)),
+    Scenario("extra-services", "submission (587) broken by its -o relay list, smtps (465) relaying for anyone",
+             ("open_relay", "service_broken"), _postfix(_extra_services)),
     Scenario("cidr-host-bits", "mynetworks with 10.0.0.1/8 (host bits set): all of 10/8 may relay",
              ("open_relay",), _postfix(_cidr_host_bits)),
     Scenario("exim-secure", "Debian's exim4-config for an internet site", (), exim.secure, mta="exim"),

@@ -96,6 +96,23 @@ def test_postfix_notation_and_domain_lists_are_the_drivers_business():
     assert context.serving("sub.partner.example") == "relay_domains"
     assert context.serving("mx1.example.org") == "mydestination"
     assert context.serving("relaytest.example.net") is None
+    assert context.own_domains == ("mx1.example.org",)   # localhost names are not forged as senders
+
+
+def test_every_smtpd_port_reachable_from_outside_is_a_service_to_probe():
+    from remediate.mta import Facts
+    from remediate.mta.postfix.driver import smtp_services
+
+    master = ("smtp inet n - y - 1 postscreen\nsmtpd pass - - y - - smtpd\n"
+              "submission inet n - y - - smtpd\n  -o smtpd_sasl_auth_enable=yes\n"
+              "smtps inet n - y - - smtpd\n  -o smtpd_tls_wrappermode=yes\n"
+              "127.0.0.1:10025 inet n - n - - smtpd\n192.0.2.7:2525 inet n - n - - smtpd\n"
+              "relay unix - - y - - smtp\n")
+    assert [(s.name, s.port, s.implicit_tls, s.submission) for s in smtp_services(master)] == [
+        ("submission", 587, False, True), ("smtps", 465, True, True), ("192.0.2.7:2525", 2525, False, False)]
+    context = PostfixDriver().probe_context(Host("mx1", "10.0.0.1"), Facts({"master_cf": master.encode()}, {}, {}))
+    assert [s.label for s in context.services] == ["submission (port 587)", "smtps (port 465)",
+                                                   "192.0.2.7:2525 (port 2525)"]
 
 
 def _facts(**outputs: str):

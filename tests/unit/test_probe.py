@@ -507,3 +507,22 @@ def test_secure_needs_clean_evidence(result: ProbeResult, defer: bool, trusted: 
         if verdict.local_ok is False:  # only as a health finding, never silently
             assert local == "accept" and {"inbound_refused", "inbound_tempfail"} & set(verdict.codes)
     assert (verdict.status == Status.VULNERABLE) == bool({"open_relay", "anonymous_auth"} & set(verdict.codes))
+
+
+def test_other_services_fold_into_one_verdict_by_their_own_expectations() -> None:
+    from remediate.verdict import merged
+
+    mx = judge(ProbeResult("h", 25, BANNER, relay_attempts=(attempt(),), ehlo=BANNER,
+                           local_attempt=attempt(rcpt=250, form=0, to="postmaster@example.org")))
+    assert mx.status == Status.SECURE
+    open_submission = judge(ProbeResult("h", 587, BANNER, relay_attempts=(attempt(),), ehlo=BANNER,
+                                        local_attempt=attempt(rcpt=250, form=0, to="postmaster@example.org")))
+    folded = merged(mx, "submission (port 587)", open_submission, submission=True)
+    assert folded.status == Status.SECURE and folded.codes == ("submission_without_auth",)
+    assert folded.findings[0].detail.startswith("submission (port 587): ")
+    closed_submission = judge(ProbeResult("h", 587, BANNER, relay_attempts=(attempt(),), ehlo=BANNER,
+                                          local_attempt=attempt(rcpt=554, form=0, to="postmaster@example.org")))
+    assert merged(mx, "submission (port 587)", closed_submission, submission=True).codes == ()  # refusing is right
+    assert merged(mx, "2525 (port 2525)", closed_submission, submission=False).codes == ("inbound_refused",)
+    relaying = judge(ProbeResult("h", 465, BANNER, relay_attempts=(attempt(rcpt=250),), ehlo=BANNER))
+    assert merged(mx, "smtps (port 465)", relaying, submission=True).status == Status.VULNERABLE

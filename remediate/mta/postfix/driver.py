@@ -16,14 +16,15 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from remediate.model import Finding, Host, Network, ProbeContext
+from remediate.model import Finding, Host, Network, ProbeContext, SmtpService
 from remediate.mta.base import Facts, PlaybookDriver, Simulation
 from remediate.mta.playbook import Policy, Transform, fill
 from remediate.mta.postfix import rules
 from remediate.probe import HELO
 from remediate.probe import simulate as simulated_session
 from remediate.shell import Shell
-from remediate.verdict import describe, judge
+from remediate.smtp import ProbeResult
+from remediate.verdict import Verdict, describe, judge, merged
 
 #: where Cyrus SASL looks for smtpd.conf when cyrus_sasl_config_path is empty (Debian's build first)
 CYRUS_PATH = ("/etc/postfix/sasl", "/usr/lib/sasl2", "/etc/sasl2")
@@ -91,34 +92,73 @@ class PostfixDriver(PlaybookDriver):
             deferral=_deferral(out.get("relay_restrictions", "")),
             served=(("relay_domains", literal_domains(out.get("relay_domains", ""))),
                     ("mydestination", literal_domains(out.get("mydestination", "")))),
-            own_domains=own_domains(local, out.get("mydestination", "")))
+            own_domains=own_domains(local, out.get("mydestination", "")),
+            services=smtp_services(facts.text("master_cf")) if "master_cf" in facts.raw else ())
 
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
-        """A real smtpd against `directory` over a pipe, from a simulated outside address (XCLIENT)."""
+        """A real smtpd against `directory` over a pipe, from a simulated outside address (XCLIENT): the
+        playbook's `service` (smtp/inet), then every other smtpd service `smtp_services` finds in its
+        master.cf, each with its own `-o` overrides (TLS wrapper mode off: the pipe is plaintext); one verdict."""
         sim = self.playbook.simulate
         if sim is None:
             raise NotImplementedError("the postfix playbook has no simulate block")
-        service = sim.options.get("service", "smtp/inet")
-        overrides = shell.run(["postconf", "-c", directory, "-P", service], check=False).out
-        argv = fill(sim.argv, dir=directory)
-        for line in overrides.splitlines():
-            name, sep, value = line.partition(" = ")
-            if sep:
-                argv += ["-o", f"{name.rsplit('/', 1)[-1]}={value}"]
+        overrides: dict[str, list[str]] = {}
+        for line in shell.run(["postconf", "-c", directory, "-P"], check=False).out.splitlines():
+            key, sep, value = line.partition(" = ")
+            if sep and key.count("/") == 2:
+                label, _, name = key.rpartition("/")
+                overrides.setdefault(label, []).append(f"{name}={value}")
         values = shell.run(["postconf", "-c", directory, "-xh", "smtpd_relay_restrictions", "myhostname",
                             "mydestination"], check=False).out.splitlines()
         restrictions, myhostname, mydestination = [*values, "", "", ""][:3]
         local = host.mail_domain or myhostname.strip()
-        chan = shell.open_stream(argv)
-        try:
-            result = simulated_session(chan, xclient_addr=sim.options.get("xclient_addr", "203.0.113.9"),
-                                       probe_domain=host.probe_domain, local_domain=local,
-                                       own_domains=own_domains(local, mydestination), helo=HELO)
-        finally:
-            chan.close()
-        verdict = judge(result, deferral=_deferral(restrictions),
-                        expect_local=policy.expect_local, source="simulation")
-        return Simulation(verdict, describe(result, verdict), result)
+        others = smtp_services(shell.read(f"{directory}/master.cf").decode("utf-8", "replace"))
+
+        def session(label: str, expect_local: str) -> tuple[ProbeResult, Verdict]:
+            name, _, kind = label.partition("/")
+            argv = fill(sim.argv, dir=directory, service=name, type=kind)
+            for option in overrides.get(label, []):
+                argv += ["-o", option]
+            chan = shell.open_stream([*argv, "-o", "smtpd_tls_wrappermode=no"])
+            try:
+                result = simulated_session(chan, xclient_addr=sim.options.get("xclient_addr", "203.0.113.9"),
+                                           probe_domain=host.probe_domain, local_domain=local,
+                                           own_domains=own_domains(local, mydestination), helo=HELO)
+            finally:
+                chan.close()
+            return result, judge(result, deferral=_deferral(restrictions), expect_local=expect_local,
+                                 source="simulation")
+
+        result, verdict = session(sim.options.get("service", "smtp/inet"), policy.expect_local)
+        transcript = describe(result, verdict)
+        for service in others:
+            other_result, other = session(f"{service.name}/inet", "accept")
+            verdict = merged(verdict, service.label, other, submission=service.submission, source="simulation")
+            transcript += f" | {service.label}: {describe(other_result, other)}"
+        return Simulation(verdict, transcript, result)
+
+
+#: master.cf service names that are ports (services(5)), and which are for mail clients (RFC 6409, RFC 8314)
+_PORTS = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def smtp_services(master_cf: str) -> tuple[SmtpService, ...]:
+    """The smtpd `inet` services of master.cf reachable from outside, except port 25 (probed anyway, also when
+    postscreen fronts it): their port (`name` is a service, a port or `address:port`), implicit TLS
+    (`-o smtpd_tls_wrappermode=yes`), and whether it is a submission port (587, 465, or `-o
+    smtpd_sasl_auth_enable=yes` on another port)."""
+    found = []
+    for service in rules.parse_services(master_cf):
+        host, _, name = service.name.rpartition(":")
+        port = _PORTS.get(name) or (int(name) if name.isdigit() else None)
+        if not service.is_smtpd or service.type != "inet" or port in (None, 25) or host.startswith(_LOOPBACK):
+            continue
+        options = {o.name: o.value.strip().lower() for o in service.overrides}
+        wrapped = options.get("smtpd_tls_wrappermode") in ("yes", "true")
+        submission = port in (465, 587) or options.get("smtpd_sasl_auth_enable") in ("yes", "true")
+        found.append(SmtpService(service.name, int(port or 0), wrapped, submission))
+    return tuple(found)
 
 
 def own_domains(local: str | None, mydestination: str) -> tuple[str, ...]:
