@@ -144,10 +144,12 @@ def scan_host(host: Host, settings: Settings) -> HostResult:
         status = Status.VULNERABLE
         notes.append("the probe from here was refused, but the configuration allows it (findings from the "
                      "configuration)")
-    shown = status is not Status.SECURE   # what the configuration exposes is a finding unless all is well
-    findings = verdict.findings + (explained if shown else ())
+    # what the configuration exposes is a finding unless all is well; the cause of a health finding the
+    # probe saw (inbound mail refused: which list, which line) is one too
+    shown = tuple(f for f in explained if status is not Status.SECURE or f.code in verdict.codes)
+    findings = verdict.findings + shown
     notes += [r for r in verdict.reasons if status is not Status.VULNERABLE]
-    notes += [f.text for f in explained if not shown]
+    notes += [f.text for f in explained if f not in shown]
     return HostResult(host.name, host.address, status, findings_before=findings, notes=tuple(notes))
 
 

@@ -136,6 +136,9 @@ def test_scan_finds_every_exposure_and_each_health_fault(lab, fleet):
         if case.changes:   # the configuration behind it, by file, line and parameter
             config = [f for f in got["findings_before"] if f["source"] == "config"]
             assert config and all(f["file"].startswith("/etc/postfix/") and f["line"] for f in config), got
+    refused = next(h for h in hosts if h.scenario == "inbound-refused")   # which list refuses, and where
+    assert [(f["code"], f["parameter"]) for f in scanned[refused.name]["findings_before"] if f["source"] == "config"
+            ] == [("inbound_refused", "smtpd_recipient_restrictions")]
     own = next(h for h in hosts if h.scenario == "indirect-mynetworks")
     assert {f["parameter"] for f in scanned[own.name]["findings_before"] if f["source"] == "config"} == {"my_trusted"}
 

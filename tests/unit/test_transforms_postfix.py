@@ -702,3 +702,13 @@ def test_auth_with_a_real_mechanism_left_stays_on():
         out = TRANSFORMS["ensure_noanonymous"](ANON_ONLY, mechanisms=mechanisms)
         assert get_parameter(out, "smtpd_sasl_auth_enable") == "yes"
         assert get_parameter(out, "smtpd_sasl_security_options") == "noanonymous"
+
+
+def test_inbound_mail_refused_by_configuration_is_named_by_list_and_line():
+    text = "compatibility_level = 3.6\nsmtpd_recipient_restrictions = permit_sasl_authenticated, reject\n"
+    found = [f for f in audit(text, "", trusted_networks=TRUSTED) if f.code == "inbound_refused"]
+    assert [(f.parameter, f.line) for f in found] == [("smtpd_recipient_restrictions", 2)]
+    fine = "compatibility_level = 3.6\nsmtpd_recipient_restrictions = permit_auth_destination, reject\n"
+    assert not [f for f in audit(fine, "", trusted_networks=TRUSTED) if f.code == "inbound_refused"]
+    # what a submission-only server wants is not a fault there
+    assert not [f for f in audit(text, "", trusted_networks=TRUSTED, policy="auth-all") if f.code == "inbound_refused"]

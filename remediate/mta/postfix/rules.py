@@ -25,6 +25,7 @@ from remediate.mta.postfix.syntax import (
     Network,
     Override,
     Parameter,
+    Service,
     compatibility_level,
     effective_parameters,
     expand,
@@ -205,6 +206,26 @@ def _single_reference(value: str) -> str | None:
 def _references(text: str, name: str) -> int:
     """How many times ``$name``, ``${name}`` or ``$(name)`` occurs in ``text``."""
     return len(re.findall(rf"\$(?:{name}\b|\{{{name}\}}|\({name}\))", text))
+
+
+def _inbound_problem(params: Mapping[str, Parameter]) -> tuple[str, str] | None:
+    """(list, why) when an unauthenticated outside client is refused for every recipient, the host's own
+    domains included: an unconditional ``reject`` or ``defer`` reached in either list before anything that
+    lets mail for a local domain through (both lists must pass, postconf(5))."""
+    values = _values(params)
+    relay = params.get("smtpd_relay_restrictions")
+    lists = (("smtpd_relay_restrictions", relay.value if relay else
+              DEFAULT_RELAY if compatibility_level(values) >= (1,) else ""),
+             ("smtpd_recipient_restrictions", values.get("smtpd_recipient_restrictions", "")))
+    for name, value in lists:
+        for item in parse_restrictions(", ".join(expand(split_list(value), values))):
+            lowered = item.name.lower()
+            if lowered in ("reject", "defer"):
+                return name, (f"{name} = {value!r}: {lowered!r} is reached by every unauthenticated client before "
+                              "anything that accepts mail for the host's own domains, so inbound mail is refused")
+            if lowered in ("permit", "ok", "permit_auth_destination"):
+                break
+    return None
 
 
 def _mynetworks_problem(params: Mapping[str, Parameter], trusted: Sequence[Network]) -> str | None:
@@ -423,6 +444,9 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
     main("open_relay", "smtpd_recipient_restrictions", _recipient_problem(params))
     main("open_relay", holder(params, "mynetworks"), _mynetworks_problem(params, trusted))
     main("anonymous_auth", "smtpd_sasl_auth_enable", _auth_problem(params, mechanisms))
+    inbound = _inbound_problem(params) if policy == "relay-auth" else None
+    if inbound is not None:
+        main("inbound_refused", *inbound)
     services = [service for service in parse_services(master_cf) if service.is_smtpd]
     sasl_main = _sasl_on(values)
     sasl_services = [service.label for service in services for override in service.overrides
@@ -451,6 +475,14 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
             main("nonexistent_parameter", name,
                  f"{name} = {parameter.value!r} does nothing: Postfix has no such parameter "
                  f"(the real one is {NONEXISTENT[name]})")
+    return findings + _master_findings(services, values, trusted)
+
+
+def _master_findings(services: Sequence[Service], values: Mapping[str, str],
+                     trusted: Sequence[Network]) -> list[Finding]:
+    """The findings of master.cf: each smtpd service's `-o` overrides that reopen relay or anonymous AUTH,
+    or name a parameter Postfix does not have."""
+    findings = []
     for service in services:
         for override in service.overrides:
             found = _override_problem(override, values, trusted)
