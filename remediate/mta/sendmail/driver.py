@@ -22,7 +22,7 @@ from remediate.model import Finding, Host, ProbeContext
 from remediate.mta.base import Facts, PlaybookDriver, Simulation
 from remediate.mta.playbook import Policy, Transform, fill
 from remediate.mta.sendmail import rules
-from remediate.probe import RECIPIENT, SENDER, relay_forms
+from remediate.probe import RECIPIENT, SENDER, extra_forms, relay_forms
 from remediate.shell import Shell
 from remediate.smtp import ProbeResult, RelayAttempt, Reply
 from remediate.verdict import describe, judge
@@ -95,6 +95,7 @@ class SendmailDriver(PlaybookDriver):
         local = host.mail_domain or next((ln.split()[0][2:] for ln in cf.splitlines() if ln.startswith("Cw")), "")
         forms = [(n, "" if n == 1 else f"{SENDER}@[{client}]", r)
                  for n, _, r in relay_forms(host.probe_domain, "outside.example", None)]
+        forms += list(extra_forms(host.probe_domain, (local,) if local else ()))
         asks: list[tuple[int, str, str, str | None]] = [(n, m, r, None) for n, m, r in forms]
         asks.append((0, "", f"postmaster@{local}", None))
         if "ANONYMOUS" in mechs:
