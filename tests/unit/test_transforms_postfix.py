@@ -530,7 +530,8 @@ MAIN_TOUCHES = {
 FINDING_OF = {
     "secure_relay_restrictions": {("open_relay", "smtpd_relay_restrictions")},
     "secure_recipient_restrictions": {("open_relay", "smtpd_recipient_restrictions")},
-    "restrict_mynetworks": {("open_relay", "mynetworks"), ("open_relay", "relay_list")},
+    "restrict_mynetworks": {("open_relay", "mynetworks"), ("open_relay", "relay_list"),
+                            ("open_relay", "mynetworks_style")},
     "ensure_noanonymous": {("anonymous_auth", "smtpd_sasl_security_options"),
                            ("anonymous_auth", "smtpd_sasl_tls_security_options")},
 }

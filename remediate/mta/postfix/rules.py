@@ -442,7 +442,9 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
 
     main("open_relay", "smtpd_relay_restrictions", _relay_problem(params, policy))
     main("open_relay", "smtpd_recipient_restrictions", _recipient_problem(params))
-    main("open_relay", holder(params, "mynetworks"), _mynetworks_problem(params, trusted))
+    networks = holder(params, "mynetworks") if "mynetworks" in params or "mynetworks_style" not in params \
+        else "mynetworks_style"   # the line that makes the networks what they are
+    main("open_relay", networks, _mynetworks_problem(params, trusted))
     main("anonymous_auth", "smtpd_sasl_auth_enable", _auth_problem(params, mechanisms))
     inbound = _inbound_problem(params) if policy == "relay-auth" else None
     if inbound is not None:
