@@ -32,13 +32,36 @@ def outside_probe(host: Host, context: ProbeContext, expect_local: str,
 def probe_until(host: Host, context: ProbeContext, expect_local: str, attempts: int = 4,
                 delay: float = 1.0) -> Verdict:
     """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out; `delay` in seconds."""
-    verdict, _ = outside_probe(host, context, expect_local)
+    return probe_until_secure(host, context, expect_local, attempts, delay)[0]
+
+
+def probe_until_secure(host: Host, context: ProbeContext, expect_local: str, attempts: int = 4,
+                       delay: float = 1.0) -> tuple[Verdict, ProbeResult]:
+    """`probe_until`, with what the last probe saw."""
+    verdict, result = outside_probe(host, context, expect_local)
     for _ in range(attempts - 1):
         if verdict.status is Status.SECURE:
             break
         time.sleep(delay)
-        verdict, _ = outside_probe(host, context, expect_local)
-    return verdict
+        verdict, result = outside_probe(host, context, expect_local)
+    return verdict, result
+
+
+def proof(result: ProbeResult, expect_local: str) -> str:
+    """What a verification probe proved, in a few words: "16/16 relay tests refused, postmaster@ accepted,
+    AUTH ANONYMOUS not offered"."""
+    parts = []
+    if result.relay_attempts:
+        refused = sum(not a.accepted for a in result.relay_attempts)
+        parts.append(f"{refused}/{len(result.relay_attempts)} relay tests refused")
+    local = result.local_attempt
+    if local is not None and local.rcpt_reply is not None:
+        parts.append(f"postmaster@ {'accepted' if local.accepted else 'refused'}"
+                     + ("" if local.accepted == (expect_local == "accept") else " (NOT as the policy expects)"))
+    mechs = set(result.ehlo_auth) | set(result.tls_auth or ())
+    if result.ehlo is not None:
+        parts.append("AUTH ANONYMOUS " + ("offered" if "ANONYMOUS" in mechs else "not offered"))
+    return ", ".join(parts) or "the probe saw no SMTP session"
 
 
 def answering(result: ProbeResult) -> bool:
