@@ -103,7 +103,7 @@ color:#1d1d1f}
 h1{font-size:1.5rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table.meta td{padding:.1rem .8rem .1rem 0;vertical-align:top}table.meta td:first-child{font-weight:600}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem}
-pre.diff{background:#f6f8fa;border:1px solid #ddd;padding:.6rem;overflow-x:auto}
+pre.diff{background:#f6f8fa;border:1px solid #ddd;padding:.6rem;overflow-x:auto;line-height:1.6}
 .add{color:#116329;background:#dafbe1}.del{color:#82071e;background:#ffebe9}.hunk{color:#0550ae}
 .status{font-weight:600}.would_change{color:#9a6700}.compliant{color:#116329}
 .failed,.unreachable{color:#82071e}.skipped{color:#57606a}.error{color:#82071e}

@@ -142,7 +142,9 @@ class PlaybookDriver:
     transforms: ClassVar[Mapping[str, Transform]] = MappingProxyType({})
     simulate_options: ClassVar[frozenset[str]] = frozenset()
     listeners: ClassVar[tuple[str, ...]] = ()
-    #: what activation does besides the playbook's commands, in words (for a driver that overrides `activate`)
+    #: what validation and activation do besides the playbook's commands, in words (for a driver that
+    #: overrides `validate` or `activate`), shown in plans for approval
+    validation_steps: ClassVar[tuple[str, ...]] = ()
     activation_steps: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, playbook_dir: str | Path | None = None) -> None:
@@ -222,9 +224,11 @@ class PlaybookDriver:
         """(validate, activate): the commands `apply` will run, as shell text, for a person to approve.
         `{private copy}` is the temporary copy of the configuration validation runs in."""
         pb = self.playbook
-        validate = [shlex.join(fill(argv, dir="{private copy}")) for argv in pb.validate]
+        validate = [shlex.join(fill(argv, dir="{private copy}")) for argv in pb.validate] + list(self.validation_steps)
         if pb.simulate is not None:
-            validate.append(shlex.join(pb.simulate.argv) + "  (simulated outside session)")
+            argv = fill(pb.simulate.argv, dir="{private copy}", config="{candidate configuration}",
+                        client=pb.simulate.options.get("client", "{outside client}"))
+            validate.append(shlex.join(argv) + "  (simulated outside session)")
         activate = [shlex.join(argv) for argv in (*pb.check, *pb.reload)] + list(self.activation_steps)
         return tuple(validate), tuple(activate)
 

@@ -203,3 +203,29 @@ def test_html_is_one_self_contained_page_that_escapes_what_it_shows(written):
 def test_plans_are_made_within_a_second_of_now(written):
     plan = planfile.load_plan(written)
     assert abs(plan.created - time.time()) < 60
+
+
+# ---------------------------------------------------------------------- what a plan pins of a driver
+@pytest.mark.parametrize("name", ["postfix", "exim", "sendmail"])
+def test_every_driver_says_what_will_run_with_no_placeholder_left(name):
+    from remediate import mta
+
+    validate, activate = mta.driver_for(name).commands()
+    assert validate and activate
+    for command in validate + activate:
+        for placeholder in ("{dir}", "{config}", "{client}", "{host."):
+            assert placeholder not in command, command
+
+
+def test_a_driver_digest_changes_with_its_playbook(tmp_path):
+    import shutil
+
+    from remediate.mta import DRIVERS
+    from remediate.mta.playbook import PLAYBOOK_DIR
+
+    shutil.copytree(PLAYBOOK_DIR, tmp_path / "playbooks")
+    same = DRIVERS["postfix"](tmp_path / "playbooks").digest()
+    assert same == DRIVERS["postfix"](PLAYBOOK_DIR).digest()
+    with open(tmp_path / "playbooks" / "postfix.yaml", "a") as fh:
+        fh.write("# one more comment\n")
+    assert DRIVERS["postfix"](tmp_path / "playbooks").digest() != same
