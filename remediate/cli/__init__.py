@@ -198,9 +198,13 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
     st = _settings(run_id, forks, playbooks, backups, runs, break_lock)
     if plan_file is not None:
         st.planned = _approved(plan_file, verify_with, playbooks)
+        absent = sorted(set(st.planned.hosts) - {h.name for h in hosts})
         hosts = [h for h in hosts if h.name in st.planned.hosts]
         if not hosts:
             raise fail(f"{plan_file}: none of the selected hosts is in this plan")
+        if absent:
+            err.print(f"note: approved in {plan_file} but not selected from the inventory, so left alone: "
+                      f"{', '.join(absent)}", highlight=False, markup=False)
     elif verify_with is not None:
         raise fail("--verify-with checks a plan's signature: use it with --plan")
     interrupted = [r for r in list_runs(runs) if r.interrupted]

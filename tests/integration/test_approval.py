@@ -205,6 +205,7 @@ def test_waves_stop_before_the_second_wave_when_the_first_host_fails_with_no_fai
         assert "apply: wave 1/3 started: mx6" in proc.stderr
         assert "apply: mx6: rolled_back (counts against the budget); 1/4 done, failures 1/0 tolerated" in proc.stderr
         assert "wave 2/3" not in proc.stderr
+        assert "NOT STARTED: mx7, mx8, mx9 (failure budget spent (1 host(s) failed: mx6)" in proc.stdout
     finally:
         for name in hosts:
             lab.reset(name)
