@@ -7,6 +7,7 @@
      │    ├── AuthError       the host refused our credentials
      │    └── CommandError    a remote command exited non-zero; carries the command, rc and stderr
      ├── ValidationError      a candidate configuration failed validation on the host
+     ├── PlanMismatch         a host is not what the approved plan saw (drift, host key): skipped, untouched
      ├── LockError            another run holds the host's lock
      ├── BackupError          a backup copy is missing or does not match its manifest
      │    └── NoBackupError   the run has no backup of this host at all (neither copy, nor a manifest)
@@ -68,6 +69,15 @@ class CommandError(TransportError):
 
 class ValidationError(RemediateError):
     """A candidate configuration was refused before it went live."""
+
+
+class PlanMismatch(RemediateError):
+    """A host differs from what the approved plan saw; `reason` is the short code reports carry
+    (`drift`, `host key changed`, `address changed`, `driver changed`, `plan differs`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class LockError(RemediateError):

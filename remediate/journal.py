@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class Journal:
         self.path = self.dir / "journal.jsonl"
         self.run_id = run_id
         self._lock = threading.Lock()
+        #: told (host, phase) after each phase record is durable (a progress display)
+        self.observer: Callable[[str, str], None] | None = None
 
     def _append(self, record: dict[str, Any]) -> None:
         record = {"ts": time.time(), **record}
@@ -51,6 +54,8 @@ class Journal:
         """Append (and fsync) that `host` reached `phase`, with `detail` (JSON-serialisable)."""
         self._append({"event": "phase", "host": host, "phase": Phase(phase).value, **detail})
         _injected_fault(host, Phase(phase).value)
+        if self.observer is not None:
+            self.observer(host, Phase(phase).value)
 
     def finish(self) -> None:
         self._append({"event": "run_finished"})

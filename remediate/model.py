@@ -198,6 +198,31 @@ class ProbeContext:
 
 
 @dataclass(frozen=True, slots=True)
+class HostPlan:
+    """What `plan` saw and would do on one host, for approval (`remediate.planfile` writes and checks it).
+
+    `host_key`: the SSH host key fingerprint seen (`SHA256:...`); `driver`/`playbook`: the driver's name and
+    its playbook's `mta@version`; `driver_digest`: sha256 over the playbook file and the driver's code;
+    `resources`: sha256 of every resource the driver read ({path: sha256}); `candidate`: sha256 of each
+    file as the change would write it; `validate`/`activate`: the commands that will run, as shell text."""
+
+    host_key: str | None
+    driver: str
+    playbook: str
+    driver_digest: str
+    resources: tuple[tuple[str, str], ...]
+    candidate: tuple[tuple[str, str], ...]
+    validate: tuple[str, ...] = ()
+    activate: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"host_key": self.host_key,
+                "driver": {"name": self.driver, "playbook": self.playbook, "digest": self.driver_digest},
+                "resources": dict(sorted(self.resources)), "candidate": dict(sorted(self.candidate)),
+                "commands": {"validate": list(self.validate), "activate": list(self.activate)}}
+
+
+@dataclass(frozen=True, slots=True)
 class HostResult:
     name: str
     address: str
@@ -210,19 +235,20 @@ class HostResult:
     error: str | None = None
     notes: tuple[str, ...] = ()
     simulation: str | None = None
-    #: plan only: sha256 of each file as read, and as the candidate would write it ({path: sha256})
-    pre_images: tuple[tuple[str, str], ...] = ()
-    post_images: tuple[tuple[str, str], ...] = ()
+    #: plan only: what an approval of this host pins (host key, driver, sha256 of resources and candidate)
+    plan: HostPlan | None = None
+    #: why a host was `skipped`, as a short code: `drift`, `host key changed`, `not started`, ...
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
-            "name": self.name, "address": self.address, "status": self.status.value,
+            "name": self.name, "address": self.address, "status": self.status.value, "reason": self.reason,
             "findings_before": [f.as_dict() for f in self.findings_before],
             "findings_after": [f.as_dict() for f in self.findings_after],
             "changed": self.changed, "backup_id": self.backup_id, "diff": self.diff,
             "error": self.error, "notes": list(self.notes), "simulation": self.simulation}
-        if self.pre_images:
-            out["pre_images"], out["post_images"] = dict(self.pre_images), dict(self.post_images)
+        if self.plan is not None:
+            out |= self.plan.as_dict()
         return out
 
 
@@ -245,20 +271,26 @@ class RunResult:
 
 @dataclass(frozen=True, slots=True)
 class PlannedHost:
-    """One host of an approved plan: sha256 of each file as read, and as the change would write it."""
+    """One host of an approved plan: where it was, the host key seen, and what was approved (`plan`)."""
 
     name: str
-    pre_images: Mapping[str, str]
-    post_images: Mapping[str, str]
+    address: str
+    plan: HostPlan
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """An approved plan (`remediate plan -o`), validated at load (`remediate.planfile.load_plan`)."""
+    """An approved plan (`remediate plan -o`), validated at load (`remediate.planfile.load_plan`):
+    its run id, creation and expiry (epoch seconds), the digest it carries, whether a signature was
+    checked, and the hosts approved (a host the plan could not work is not among them)."""
 
     path: str
     run_id: str
     hosts: Mapping[str, PlannedHost] = field(default_factory=lambda: MappingProxyType({}))
+    created: float = 0.0
+    expires: float = 0.0
+    digest: str = ""
+    signed_by: str | None = None
 
 
 def new_run_id() -> str:

@@ -27,6 +27,7 @@ from remediate.backup import BackupStore, restore
 from remediate.errors import (
     DriverError,
     NoBackupError,
+    PlanMismatch,
     RemediateError,
     TransportError,
     ValidationError,
@@ -37,13 +38,15 @@ from remediate.model import (
     UNWRITTEN,
     Finding,
     Host,
+    HostPlan,
     HostResult,
     Phase,
     Plan,
+    PlannedHost,
     ProbeContext,
     Status,
 )
-from remediate.mta import Driver, Facts
+from remediate.mta import Candidate, Driver, Facts
 from remediate.phases import (
     APPLY,
     ROLLBACK,
@@ -72,8 +75,6 @@ class Settings:
     forks: int = 10
     break_lock: bool = False
     planned: Plan | None = None          # apply --plan: only these hosts, only as planned
-    canary: int = 0                      # hosts in the first wave, alone; the rest only if all succeed
-    max_failures: int | None = None      # no new host starts once this many failed
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -170,38 +171,73 @@ def plan_host(host: Host, settings: Settings) -> HostResult:
             return replace(base, error=str(exc))
         except RemediateError as exc:
             return HostResult(host.name, host.address, Status.FAILED, error=str(exc))
-        pre, post = driver.images(facts, cand)
         return replace(base, status=Status.WOULD_CHANGE if cand.changed else Status.COMPLIANT,
-                       simulation=sim.transcript, pre_images=pre, post_images=post)
+                       simulation=sim.transcript, plan=_host_plan(shell, driver, facts, cand))
 
     return _on_host(host, settings, work)
 
 
+def _host_plan(shell: Shell, driver: Driver, facts: Facts, cand: Candidate) -> HostPlan:
+    """What an approval of this host pins: the host key seen, the driver, the images, the commands."""
+    resources, candidate = driver.images(facts, cand)
+    validate, activate = driver.commands()
+    return HostPlan(shell.peer_fingerprint, driver.name, driver.playbook.label, driver.digest(), resources,
+                    candidate, validate, activate)
+
+
 # ---------------------------------------------------------------------- apply
 def apply_host(host: Host, settings: Settings, journal: Journal) -> HostResult:
-    """The transactional state machine for one host (see the module docstring)."""
-    return _on_host(host, settings, lambda shell, driver: _apply(
-        _context(host, shell, driver, settings, journal, settings.run_id), settings))
+    """The transactional state machine for one host (see the module docstring). With an approved plan,
+    a host that is not what the plan saw (address, host key, driver, resources) is `skipped`, untouched,
+    with the reason (`PlanMismatch`)."""
+    planned = settings.planned.hosts[host.name] if settings.planned is not None else None
+    if planned is not None and planned.address != host.address:
+        return _mismatch(host, PlanMismatch("address changed", f"the inventory gives {host.address}, the plan was "
+                                            f"made for {planned.address}; nothing was contacted"))
+
+    def work(shell: Shell, driver: Driver) -> HostResult:
+        if planned is not None:
+            try:
+                _check_connection(shell, driver, planned)
+            except PlanMismatch as exc:
+                return _mismatch(host, exc)
+        return _apply(_context(host, shell, driver, settings, journal, settings.run_id), planned, settings.break_lock)
+
+    return _on_host(host, settings, work)
 
 
-def _apply(ctx: HostContext, settings: Settings) -> HostResult:
+def _check_connection(shell: Shell, driver: Driver, planned: PlannedHost) -> None:
+    """The host answers with the key and runs the driver the plan saw (PlanMismatch otherwise)."""
+    seen, approved = shell.peer_fingerprint, planned.plan.host_key
+    if approved is not None and seen != approved:
+        raise PlanMismatch("host key changed", f"the host key is now {seen}, the plan saw {approved} (known_hosts "
+                           "changed since the approval); nothing was touched. Check the key out of band")
+    if driver.name != planned.plan.driver:
+        raise PlanMismatch("driver changed", f"the host now runs {driver.name}, the plan was made for "
+                           f"{planned.plan.driver}; nothing was touched")
+
+
+def _mismatch(host: Host, exc: PlanMismatch) -> HostResult:
+    log.warning("not_as_planned", host=host.name, reason=exc.reason, error=str(exc))
+    return HostResult(host.name, host.address, Status.SKIPPED, error=f"{exc.reason}: {exc}", reason=exc.reason)
+
+
+def _apply(ctx: HostContext, planned: PlannedHost | None, break_lock: bool) -> HostResult:
     host, driver = ctx.host, ctx.driver
     txn = Txn(HostResult(host.name, host.address, Status.FAILED))
     try:
         txn.facts = driver.read(ctx.shell)
         txn.cand = driver.candidate(txn.facts, host, ctx.policy)
+        if planned is not None:   # before anything is written (or even probed)
+            driver.check_against_plan(txn.facts, txn.cand, planned)
+    except PlanMismatch as exc:
+        return _mismatch(host, exc)
     except RemediateError as exc:
         return replace(txn.result, error=str(exc))
     before_v, _ = outside_probe(host, driver.probe_context(host, txn.facts), ctx.policy.expect_local)
     before = before_v.findings + driver.audit(txn.facts.texts(), host, txn.facts.outputs)
     txn.result = replace(txn.result, findings_before=before, diff=txn.cand.diff or None)
     txn.inbound_before = before_v.local_ok
-    planned = settings.planned
-    if planned is not None:
-        try:
-            driver.check_against_plan(txn.facts, txn.cand, planned.hosts[host.name])
-        except ValidationError as exc:
-            return replace(txn.result, error=str(exc))
     if not txn.cand.changed:
         ctx.log.info("unchanged")
         if before_v.status is Status.VULNERABLE:
@@ -209,7 +245,7 @@ def _apply(ctx: HostContext, settings: Settings) -> HostResult:
                            "for it: " + "; ".join(before_v.reasons))
         return replace(txn.result, status=Status.UNCHANGED, notes=tuple(before_v.reasons))
     try:
-        with lock.held(ctx.shell, ctx.run_id, break_lock=settings.break_lock, log=ctx.log):
+        with lock.held(ctx.shell, ctx.run_id, break_lock=break_lock, log=ctx.log):
             ctx.journal.record(host.name, Phase.LOCKED)
             failed = run_steps(ctx, txn, APPLY)
     except RemediateError as exc:   # the lock could not be taken: nothing was touched
@@ -219,7 +255,15 @@ def _apply(ctx: HostContext, settings: Settings) -> HostResult:
     ctx.journal.record(host.name, Phase.DONE)
     ctx.log.info("verified")
     assert txn.verdict is not None
-    return replace(txn.result, status=Status.CHANGED, changed=True, findings_after=txn.verdict.findings)
+    return replace(txn.result, status=Status.CHANGED, changed=True, findings_after=txn.verdict.findings,
+                   notes=(_fixed(before, txn.verdict.findings, txn.proof),))
+
+
+def _fixed(before: tuple[Finding, ...], after: tuple[Finding, ...], proof: str) -> str:
+    """What a change fixed and how it was verified: "fixed open_relay; verified: 16/16 relay tests refused, ..."."""
+    gone = {f.code for f in before} - {f.code for f in after}
+    seen = sorted(gone & {f.code for f in before if f.source == "probe"}) or sorted(gone)
+    return f"fixed {', '.join(seen) or 'the configuration'}; verified: {proof}"
 
 
 # ---------------------------------------------------------------------- rollback

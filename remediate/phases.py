@@ -21,7 +21,7 @@ from remediate.mta import Candidate, Driver, Facts, Simulation, unchanged
 from remediate.mta.playbook import Policy
 from remediate.shell import Shell
 from remediate.verdict import Verdict
-from remediate.verify import answering, outside_probe, probe_until
+from remediate.verify import answering, outside_probe, probe_until_secure, proof
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,7 @@ class Txn:
     manifest: Manifest | None = None
     records: dict[FileRecord, bytes] = field(default_factory=dict)
     verdict: Verdict | None = None
+    proof: str = ""          # what the verification probe proved, in words
     written: list[str] = field(default_factory=list)
     #: whether the outside probe before the change saw inbound mail for the host's domain accepted
     #: (None: not known, which counts as accepted: a refusal after the change is then a regression)
@@ -153,7 +154,9 @@ def activate(ctx: HostContext, txn: Txn) -> None:
 
 def verify(ctx: HostContext, txn: Txn) -> None:
     """The outside probe after activation: secure, and inbound mail still accepted if it was before."""
-    txn.verdict = probe_until(ctx.host, ctx.driver.probe_context(ctx.host, txn.facts), ctx.policy.expect_local)
+    txn.verdict, result = probe_until_secure(ctx.host, ctx.driver.probe_context(ctx.host, txn.facts),
+                                             ctx.policy.expect_local)
+    txn.proof = proof(result, ctx.policy.expect_local)
     if txn.verdict.status is not Status.SECURE:
         raise ValidationError("verification probe after reload: " + "; ".join(txn.verdict.reasons))
     if ctx.policy.expect_local == "accept" and txn.verdict.local_ok is False:

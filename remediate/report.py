@@ -69,6 +69,10 @@ def render(run: RunResult, console: Console, *, show_diffs: bool = False,
     recap = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     verdict = "ok" if all(h.status in ok for h in run.hosts) else "attention needed"
     console.print(f"RECAP {run.command}: {len(run.hosts)} host(s)  {recap}  ({verdict})", highlight=False)
+    never = [h for h in run.hosts if h.reason == "not started"]
+    if never:
+        why = (never[0].error or "").removeprefix("not started: ")
+        console.print(f"NOT STARTED: {', '.join(h.name for h in never)} ({why})", highlight=False, markup=False)
 
 
 def write_json(run: RunResult, path: str | Path) -> None:

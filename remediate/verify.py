@@ -2,7 +2,7 @@
 
 `outside_probe` probes the host's SMTP port from this machine (`remediate.probe`) and judges it
 (`remediate.verdict`) with the driver's `ProbeContext` (local domain, deferral, served domains) and the
-host's own trusted networks; `probe_until` repeats that read-only check after an activation, because the
+host's own trusted networks; `probe_until_secure` repeats that read-only check after an activation, because the
 MTA's old processes may serve a session or two with the old configuration.
 """
 
@@ -42,16 +42,34 @@ def _probe_port(host: Host, context: ProbeContext, port: int, expect_local: str,
     return verdict, result
 
 
-def probe_until(host: Host, context: ProbeContext, expect_local: str, attempts: int = 4,
-                delay: float = 1.0) -> Verdict:
-    """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out; `delay` in seconds."""
-    verdict, _ = outside_probe(host, context, expect_local)
+def probe_until_secure(host: Host, context: ProbeContext, expect_local: str, attempts: int = 4,
+                       delay: float = 1.0) -> tuple[Verdict, ProbeResult]:
+    """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out; `delay` in seconds.
+    Returns the last verdict and what the last probe of the probe port saw."""
+    verdict, result = outside_probe(host, context, expect_local)
     for _ in range(attempts - 1):
         if verdict.status is Status.SECURE:
             break
         time.sleep(delay)
-        verdict, _ = outside_probe(host, context, expect_local)
-    return verdict
+        verdict, result = outside_probe(host, context, expect_local)
+    return verdict, result
+
+
+def proof(result: ProbeResult, expect_local: str) -> str:
+    """What a verification probe proved, in a few words: "16/16 relay tests refused, postmaster@ accepted,
+    AUTH ANONYMOUS not offered"."""
+    parts = []
+    if result.relay_attempts:
+        refused = sum(not a.accepted for a in result.relay_attempts)
+        parts.append(f"{refused}/{len(result.relay_attempts)} relay tests refused")
+    local = result.local_attempt
+    if local is not None and local.rcpt_reply is not None:
+        parts.append(f"postmaster@ {'accepted' if local.accepted else 'refused'}"
+                     + ("" if local.accepted == (expect_local == "accept") else " (NOT as the policy expects)"))
+    mechs = set(result.ehlo_auth) | set(result.tls_auth or ())
+    if result.ehlo is not None:
+        parts.append("AUTH ANONYMOUS " + ("offered" if "ANONYMOUS" in mechs else "not offered"))
+    return ", ".join(parts) or "the probe saw no SMTP session"
 
 
 def answering(result: ProbeResult) -> bool:

@@ -7,14 +7,16 @@ the exit-code mapping, confirmation) is in `remediate.cli.common`.
 
 from __future__ import annotations
 
+import fnmatch
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from remediate import fleet, orchestrator, report
+from remediate import fleet, mta, orchestrator, plandoc, planfile, report, signing
 from remediate.cli import backups as backups_cli
 from remediate.cli import lab as lab_cli
 from remediate.cli.common import (
@@ -40,7 +42,7 @@ from remediate.cli.common import (
 )
 from remediate.errors import ConfigError, RemediateError
 from remediate.journal import Journal, list_runs, mark_settled, read_journal
-from remediate.model import Host, RunResult, Status, new_run_id
+from remediate.model import Host, HostResult, Plan, RunResult, Status, new_run_id
 from remediate.planfile import load_plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -93,19 +95,74 @@ def scan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, rep
     execute("scan", hosts, lambda h: orchestrator.scan_host(h, st), st, report_file, ok=frozenset({Status.SECURE}))
 
 
+class PlanFormat(StrEnum):
+    JSON = "json"
+    MD = "md"
+    HTML = "html"
+
+
 @app.command()
 def plan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
-         output: Annotated[Path | None, typer.Option("-o", "--output", help="write the plan (JSON) here")] = None,
+         output: Annotated[Path | None, typer.Option("-o", "--output", help="write the plan here (json: the sealed "
+                                                     "plan `apply --plan` takes; md/html: the ticket rendering)")]
+         = None,
+         fmt: Annotated[PlanFormat, typer.Option("--format", help="json (the plan file), md or html (for a ticket; "
+                                                 "stdout without -o)")] = PlanFormat.JSON,
+         source: Annotated[Path | None, typer.Option("--from", help="render this plan file instead of planning "
+                                                     "(checks its digest; contacts no host)")] = None,
+         expires: Annotated[str, typer.Option("--expires", help="how long the plan may be applied: 90s, 30m, 24h, "
+                                              "7d")] = "24h",
+         sign: Annotated[Path | None, typer.Option("--sign", help="sign the plan with this ed25519 private key "
+                                                   "(OpenSSH or PEM, unencrypted)")] = None,
          report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None, runs: Runs = Path("runs"),
          verbose: Verbose = False) -> None:
     """Dry run for approval: diff and simulated SMTP verdict per host. Changes nothing on any host."""
+    if source is not None:
+        try:
+            doc = planfile.read_document(source)
+        except ConfigError as exc:
+            raise fail(exc) from exc
+        _emit_plan(doc, fmt, output)
+        return
+    try:
+        expires_in = planfile.parse_duration(expires)
+        if sign is not None:
+            signing.load_private(sign)   # an unusable key is bad input: refused before any host is contacted
+    except ValueError as exc:
+        raise fail(f"--expires: {exc}") from exc
+    except ConfigError as exc:
+        raise fail(exc) from exc
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = load_hosts(inventory, limit, playbooks)
     begin(verbose, runs, run_id)
     st = _settings(run_id, forks, playbooks, runs=runs)
-    execute("plan", hosts, lambda h: orchestrator.plan_host(h, st), st, report_file, show_diffs=True,
-            ok=frozenset({Status.WOULD_CHANGE, Status.COMPLIANT}), extra_outputs=(output,) if output else ())
+
+    def write(run: RunResult) -> None:
+        doc = planfile.seal(planfile.document(run, inventory, expires_in=expires_in), sign)
+        if fmt is not PlanFormat.JSON or output is not None:
+            _emit_plan(doc, fmt, output)
+
+    to_stdout = fmt is not PlanFormat.JSON and output is None
+    execute("plan", hosts, lambda h: orchestrator.plan_host(h, st), st, report_file, show_diffs=not to_stdout,
+            ok=frozenset({Status.WOULD_CHANGE, Status.COMPLIANT}), outputs=(write,), table=err if to_stdout else None)
+
+
+def _emit_plan(doc: dict[str, Any], fmt: PlanFormat, output: Path | None) -> None:
+    """The sealed plan `doc` as `fmt`, to `output` (atomically) or stdout."""
+    if fmt is PlanFormat.JSON:
+        if output is None:
+            sys.stdout.write(planfile.dumps(doc))
+        else:
+            planfile.write_plan(doc, output)
+        return
+    text = plandoc.markdown(doc) if fmt is PlanFormat.MD else plandoc.html_page(doc)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(output)
 
 
 @app.command()
@@ -115,32 +172,46 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
           break_lock: Annotated[bool, typer.Option("--break-lock", help="break a stale lock of a dead run")]
           = False,
           plan_file: Annotated[Path | None, typer.Option("--plan", help="apply exactly this approved plan "
-                                                          "(from `plan -o`); refused per host if stale")] = None,
-          canary: Annotated[int, typer.Option("--canary", min=0, help="work this many hosts first, alone; "
-                                              "the rest only if they all succeed")] = 0,
+                                                          "(from `plan -o`); a host that differs is skipped")] = None,
+          verify_with: Annotated[Path | None, typer.Option("--verify-with", help="require the plan's signature "
+                                                           "by this ed25519 public key")] = None,
+          serial: Annotated[str | None, typer.Option("--serial", help="waves as in Ansible: a size, a percentage "
+                                                     "or a list (1,10%,100%)")] = None,
+          max_fail_percent: Annotated[float | None, typer.Option("--max-fail-percent", min=0, max=100,
+                                                                 help="start no new host once more than this "
+                                                                 "percentage of the run's hosts failed")] = None,
+          pause_after_canary: Annotated[bool, typer.Option("--pause-after-canary", help="show the first wave's "
+                                                           "results and ask before the rest")] = False,
+          window: Annotated[str | None, typer.Option("--window", help="change window, local time "
+                                                     "(22:00-02:00): no wave starts outside it")] = None,
+          canary: Annotated[int, typer.Option("--canary", min=0, help="same as --serial K,100%, and any failure "
+                                              "among these K stops the run")] = 0,
           max_failures: Annotated[int | None, typer.Option("--max-failures", min=1, help="start no new host "
                                                            "once this many failed, rolled back or were "
                                                            "unreachable")] = None,
           verbose: Verbose = False) -> None:
     """Back up, edit, validate, reload and verify each host; roll back any host that fails."""
+    waves = _waves(serial, max_fail_percent, window, canary, max_failures, pause_after_canary, yes)
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = load_hosts(inventory, limit, playbooks)
     st = _settings(run_id, forks, playbooks, backups, runs, break_lock)
     if plan_file is not None:
-        try:
-            st.planned = load_plan(plan_file)
-        except ConfigError as exc:
-            raise fail(exc) from exc
+        st.planned = _approved(plan_file, verify_with, playbooks)
+        absent = sorted(set(st.planned.hosts) - {h.name for h in hosts})
         hosts = [h for h in hosts if h.name in st.planned.hosts]
         if not hosts:
             raise fail(f"{plan_file}: none of the selected hosts is in this plan")
+        if absent:
+            err.print(f"note: approved in {plan_file} but not selected from the inventory, so left alone: "
+                      f"{', '.join(absent)}", highlight=False, markup=False)
+    elif verify_with is not None:
+        raise fail("--verify-with checks a plan's signature: use it with --plan")
     interrupted = [r for r in list_runs(runs) if r.interrupted]
     if interrupted:
         last = interrupted[-1].run_id
         raise fail(f"run {last} was interrupted (see `remediate status`); roll it back with "
                    f"`remediate rollback --run {last}` or finish it with `remediate resume {last}` before a new apply")
-    st.canary, st.max_failures = canary, max_failures
     confirm(yes, "apply changes hosts", f"Apply these changes to {len(hosts)} host(s)?",
             before=None if st.planned is not None else lambda: _show_plan(hosts, st))
     begin(verbose, runs, run_id)
@@ -149,9 +220,53 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
     _trap_signals(st)
     try:
         execute("apply", hosts, lambda h: orchestrator.apply_host(h, st, journal), st, report_file,
-                ok=frozenset({Status.CHANGED, Status.UNCHANGED}))
+                ok=frozenset({Status.CHANGED, Status.UNCHANGED}), waves=waves, journal=journal)
     finally:
         journal.finish()
+
+
+def _waves(serial: str | None, max_fail_percent: float | None, window: str | None, canary: int,
+           max_failures: int | None, pause: bool, yes: bool) -> fleet.Waves:
+    """The run's pacing from the options, or exit 2 naming the option (nothing contacted yet)."""
+    if canary and serial is not None:
+        raise fail("--canary K is --serial K,100% with no failure allowed in the first wave: give one of them")
+    try:
+        sizes = fleet.parse_serial(serial) if serial is not None else (str(canary), "100%") if canary else ()
+    except ValueError as exc:
+        raise fail(f"--serial: {exc}") from exc
+    try:
+        hours = fleet.Window.parse(window) if window is not None else None
+    except ValueError as exc:
+        raise fail(f"--window: {exc}") from exc
+    if pause and not sizes:
+        raise fail("--pause-after-canary needs waves (--serial or --canary)")
+    if pause and not yes and not sys.stdin.isatty():
+        raise fail("--pause-after-canary asks on a terminal: run it on one, or pass --yes to go on unasked")
+    return fleet.Waves(serial=sizes, max_fail_percent=max_fail_percent, max_failures=max_failures,
+                       strict_first=bool(canary), window=hours, pause=_ask_after_first_wave if pause and not yes
+                       else None)
+
+
+def _ask_after_first_wave(results: list[HostResult]) -> bool:
+    """Show the first wave's results; go on only if the operator says so."""
+    wave = RunResult("first wave", "apply")
+    wave.hosts = list(results)
+    report.render(wave, out)
+    return typer.confirm("Go on with the next waves?")
+
+
+def _approved(plan_file: Path, verify_with: Path | None, playbooks: Path | None) -> Plan:
+    """The approved plan, intact, unexpired, made with today's drivers; exit 2 (nothing contacted) if not."""
+    def digest(driver: str) -> str:
+        if not mta.has_driver(driver):
+            raise ConfigError(f"the plan names driver {driver!r}, which this version does not have",
+                              path=str(plan_file))
+        return mta.driver_for(driver, playbooks).digest()
+
+    try:
+        return load_plan(plan_file, verify_with=verify_with, driver_digest=digest)
+    except ConfigError as exc:
+        raise fail(exc) from exc
 
 
 def _show_plan(hosts: list[Host], st: orchestrator.Settings) -> None:
@@ -265,17 +380,26 @@ def hostkeys(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
 
 
 @app.command()
-def status(runs: Runs = Path("runs")) -> None:
-    """Runs recorded in the journal, and each host's last phase (interrupted runs first)."""
-    states = list_runs(runs)
+def status(inventory: Annotated[Path | None, typer.Option("-i", "--inventory", help="only this inventory's hosts "
+                                                          "(default: every host in the journal)")] = None,
+           limit: Limit = None, runs: Runs = Path("runs")) -> None:
+    """Runs recorded in the journal, and each host's last phase (interrupted runs first). Contacts no host."""
+    wanted: set[str] | None = None
+    if inventory is not None:
+        wanted = {h.name for h in load_hosts(inventory, limit)}
+    elif limit:
+        patterns = [p.strip() for p in limit.split(",") if p.strip()]
+        wanted = {h for s in list_runs(runs) for h in s.phases if any(fnmatch.fnmatchcase(h, p) for p in patterns)}
+    states = [s for s in list_runs(runs) if wanted is None or set(s.phases) & wanted]
     if not states:
-        out.print("no runs recorded")
+        out.print("no runs recorded" + (" for the selected hosts" if wanted is not None else ""))
         return
     for state in sorted(states, key=lambda s: (not s.interrupted, s.run_id)):
         label = "INTERRUPTED" if state.interrupted else ("running" if state.live else "finished")
         out.print(f"[bold]{state.run_id}[/] {state.command} {label}")
         for host, phase in state.phases.items():
-            out.print(f"  {host}: {phase}")
+            if wanted is None or host in wanted:
+                out.print(f"  {host}: {phase}")
 
 
 def main() -> None:

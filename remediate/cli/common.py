@@ -8,17 +8,19 @@ import re
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import structlog
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from remediate import fleet, mta, orchestrator, report
+from remediate.cli.progress import FleetProgress
 from remediate.errors import ConfigError, LabSetupError, RemediateError
 from remediate.inventory import load_inventory, select
+from remediate.journal import Journal
 from remediate.model import OK_STATUSES, Host, HostResult, RunResult, Status
 
 out = Console()
@@ -122,20 +124,24 @@ def load_hosts(inventory: Path, limit: str | None, playbooks: Path | None = None
 
 def execute(command: str, hosts: list[Host], work: Callable[[Host], HostResult], settings: orchestrator.Settings,
             report_path: Path | None, ok: frozenset[Status] = OK_STATUSES, show_diffs: bool = False,
-            extra_outputs: tuple[Path, ...] = ()) -> RunResult:
-    """Work the fleet with progress on stderr, render, write reports; exit 1 unless every host is `ok`."""
+            outputs: tuple[Callable[[RunResult], None], ...] = (), waves: fleet.Waves | None = None,
+            journal: Journal | None = None, table: Console | None = None) -> RunResult:
+    """Work the fleet (in `waves`) with progress on stderr (hosts done, in flight with their phase from
+    `journal`, failures against the budget, the wave), render the table on `table` (default stdout), write
+    the report and call each of `outputs`; exit 1 unless every host is `ok`."""
     run = RunResult(settings.run_id, command)
-    with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task(command, total=len(hosts))
-        run.hosts = fleet.run_fleet(hosts, work, settings.forks, settings.stop,
-                                    on_done=lambda _: progress.advance(task), canary=settings.canary,
-                                    max_failures=settings.max_failures)
+    with FleetProgress(command, len(hosts), err, lines_when_piped=journal is not None) as progress:
+        if journal is not None:
+            journal.observer = progress.phase
+        if waves is not None and (pause := waves.pause) is not None:
+            waves = replace(waves, pause=lambda results: progress.suspended(lambda: pause(results)))
+        run.hosts = fleet.run_fleet(hosts, work, settings.forks, settings.stop, waves=waves, observer=progress)
     run.finished = time.time()
-    report.render(run, out, show_diffs=show_diffs, ok=ok)
-    for path in (report_path, *extra_outputs):
-        if path:
-            report.write_json(run, path)
+    report.render(run, table or out, show_diffs=show_diffs, ok=ok)
+    if report_path:
+        report.write_json(run, report_path)
+    for output in outputs:
+        output(run)
     if not run.ok(ok):
         raise typer.Exit(exit_code(False))
     return run

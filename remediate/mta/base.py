@@ -23,7 +23,10 @@ than files; no driver uses it yet, and the backup store refuses it until one doe
 from __future__ import annotations
 
 import difflib
+import hashlib
+import inspect
 import posixpath
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
 from remediate.backup import Saved, sha256
-from remediate.errors import CommandError, ValidationError
+from remediate.errors import CommandError, PlanMismatch, ValidationError
 from remediate.model import Finding, Host, PlannedHost, ProbeContext
 from remediate.mta.playbook import PLAYBOOK_DIR, Playbook, Policy, Transform, fill, load_playbook, resolve_args
 from remediate.shell import FileStat, Shell, under
@@ -132,6 +135,8 @@ class Driver(Protocol):
     def probe_context(self, host: Host, facts: Facts | None) -> ProbeContext: ...
     def images(self, facts: Facts, cand: Candidate) -> tuple[tuple[tuple[str, str], ...], ...]: ...
     def check_against_plan(self, facts: Facts, cand: Candidate, planned: PlannedHost) -> None: ...
+    def digest(self) -> str: ...
+    def commands(self) -> tuple[tuple[str, ...], tuple[str, ...]]: ...
     def with_originals(self, facts: Facts, originals: Mapping[str, bytes]) -> Facts: ...
 
 
@@ -143,6 +148,10 @@ class PlaybookDriver:
     transforms: ClassVar[Mapping[str, Transform]] = MappingProxyType({})
     simulate_options: ClassVar[frozenset[str]] = frozenset()
     listeners: ClassVar[tuple[str, ...]] = ()
+    #: what validation and activation do besides the playbook's commands, in words (for a driver that
+    #: overrides `validate` or `activate`), shown in plans for approval
+    validation_steps: ClassVar[tuple[str, ...]] = ()
+    activation_steps: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, playbook_dir: str | Path | None = None) -> None:
         path = Path(playbook_dir or PLAYBOOK_DIR) / f"{self.name}.yaml"
@@ -204,22 +213,48 @@ class PlaybookDriver:
         return Candidate(MappingProxyType(texts), changed, diff)
 
     def images(self, facts: Facts, cand: Candidate) -> tuple[tuple[tuple[str, str], ...], ...]:
-        """(pre, post): sha256 per file path as read now and as the candidate would write it."""
+        """(resources, candidate): sha256 per path of every resource read now (each File, each Derived file
+        present), and of each File as the candidate would write it. Paths sorted."""
         files = self.playbook.files
-        pre = tuple((files[n], sha256(facts.raw[n])) for n in files)
-        post = tuple((files[n], sha256(cand.data(n))) for n in files)
-        return pre, post
+        pre = {files[n]: sha256(facts.raw[n]) for n in files} | {p: sha256(d) for p, (d, _) in facts.derived.items()}
+        post = {files[n]: sha256(cand.data(n)) for n in files}
+        return tuple(sorted(pre.items())), tuple(sorted(post.items()))
+
+    def digest(self) -> str:
+        """sha256 over the playbook file and the driver's own code (its package's .py files, by name): what a
+        plan pins, so a plan made with another playbook or driver version is refused."""
+        h = hashlib.sha256(Path(self.playbook.path).read_bytes())
+        package = Path(inspect.getfile(type(self))).parent
+        for source in sorted(package.glob("*.py")):
+            h.update(source.name.encode() + b"\0" + source.read_bytes())
+        return h.hexdigest()
+
+    def commands(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(validate, activate): the commands `apply` will run, as shell text, for a person to approve.
+        `{private copy}` is the temporary copy of the configuration validation runs in."""
+        pb = self.playbook
+        validate = [shlex.join(fill(argv, dir="{private copy}")) for argv in pb.validate] + list(self.validation_steps)
+        if pb.simulate is not None:
+            argv = fill(pb.simulate.argv, dir="{private copy}", config="{candidate configuration}",
+                        client=pb.simulate.options.get("client", "{outside client}"))
+            validate.append(shlex.join(argv) + "  (simulated outside session)")
+        activate = [shlex.join(argv) for argv in (*pb.check, *pb.reload)] + list(self.activation_steps)
+        return tuple(validate), tuple(activate)
 
     def check_against_plan(self, facts: Facts, cand: Candidate, planned: PlannedHost) -> None:
-        """Refuse (ValidationError) when the host or the candidate is not what the approved plan showed."""
-        pre, post = self.images(facts, cand)
-        for path, digest in pre:
-            if planned.pre_images.get(path) != digest:
-                raise ValidationError(f"stale plan: {path} changed on the host since the plan was made; run "
-                                      "`remediate plan` again and have it approved")
-        if dict(post) != dict(planned.post_images):
-            raise ValidationError("the change computed now differs from the approved plan (playbook, policy or "
-                                  "inventory changed since); run `remediate plan` again")
+        """Refuse when the host or the candidate is not what the approved plan showed, before anything is
+        written: PlanMismatch `drift` naming the first resource whose sha256 changed (or that appeared or
+        went), `plan differs` when the same resources now give another candidate."""
+        pre, post = (dict(images) for images in self.images(facts, cand))
+        approved = dict(planned.plan.resources)
+        for path in sorted(set(pre) | set(approved)):
+            if pre.get(path) != approved.get(path):
+                raise PlanMismatch("drift", f"{path} changed on the host since the plan was approved (sha256 "
+                                   f"{_short(approved.get(path))} then, {_short(pre.get(path))} now); nothing was "
+                                   "touched. Run `remediate plan` again and have it approved")
+        if post != dict(planned.plan.candidate):
+            raise PlanMismatch("plan differs", "the change computed now differs from the approved plan (policy or "
+                               "inventory changed since); nothing was touched. Run `remediate plan` again")
 
     # ------------------------------------------------------------------ prove
     def validate(self, shell: Shell, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation:
@@ -296,6 +331,10 @@ def private_path(root: str, copy: str, path: str) -> str:
     if not under(root, path):
         raise ValidationError(f"{path} is outside {root}; validating it in a private copy would write the live file")
     return posixpath.join(copy, posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root)))
+
+
+def _short(digest: str | None) -> str:
+    return "absent" if digest is None else digest[:12] + "..."
 
 
 def _warnings(text: str, directory: str, tmp: str) -> set[str]:

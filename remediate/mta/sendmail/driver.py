@@ -43,6 +43,12 @@ class SendmailDriver(PlaybookDriver):
     transforms: ClassVar[Mapping[str, Transform]] = TRANSFORMS
     simulate_options: ClassVar[frozenset[str]] = frozenset({"client"})
     listeners: ClassVar[tuple[str, ...]] = ("sendmail-mta", "sendmail")
+    validation_steps: ClassVar[tuple[str, ...]] = (
+        "m4 '{private copy}/sendmail.mc' > '{private copy}/sendmail.cf'",
+        "makemap hash '{private copy}/access'", "sendmail-mta -C '{private copy}/sendmail.cf' -bC")
+    activation_steps: ClassVar[tuple[str, ...]] = (
+        "m4 /etc/mail/sendmail.mc > /etc/mail/sendmail.cf (written atomically, mode and owner kept)",
+        "makemap hash /etc/mail/access < /etc/mail/access", f"kill -HUP $(cat {PIDFILE})")
 
     def variables(self, host: Host) -> dict[str, Any]:
         return {**super().variables(host), "trusted_networks": [str(n) for n in host.trusted_networks]}
