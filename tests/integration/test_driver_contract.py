@@ -20,7 +20,7 @@ from remediate.model import Host, Status
 from remediate.mta import Driver
 from remediate.phases import reinstate
 from remediate.shell import open_shell
-from remediate.verify import answering, outside_probe, probe_until
+from remediate.verify import answering, outside_probe, probe_until_secure
 from tests.integration.checks import FOREIGN, rcpt
 
 
@@ -137,7 +137,7 @@ def test_activate_then_restore_is_byte_identical_with_the_mta_answering(lab, cas
             shell.write_atomic(driver.playbook.files[name], cand.data(name), mode=st.mode, uid=st.uid, gid=st.gid)
         driver.check_live(shell)
         driver.activate(shell)
-        verdict = probe_until(host, driver.probe_context(host, facts), policy.expect_local)
+        verdict, _ = probe_until_secure(host, driver.probe_context(host, facts), policy.expect_local)
         assert verdict.status is Status.SECURE, verdict.reasons
         assert rcpt(host.address, FOREIGN) not in (250, 251)   # refused or deferred, as the policy allows
         reinstate(shell, driver, store.contents(shell, manifest))   # what rollback does
