@@ -256,14 +256,13 @@ def _apply(ctx: HostContext, planned: PlannedHost | None, break_lock: bool) -> H
     ctx.log.info("verified")
     assert txn.verdict is not None
     return replace(txn.result, status=Status.CHANGED, changed=True, findings_after=txn.verdict.findings,
-                   notes=(_fixed(before, txn.verdict.findings, txn.proof),))
+                   notes=(_fixed(before, txn.verdict.findings, txn.proof), *txn.result.notes))
 
 
 def _fixed(before: tuple[Finding, ...], after: tuple[Finding, ...], proof: str) -> str:
     """What a change fixed and how it was verified: "fixed open_relay; verified: 19/19 relay tests refused, ..."."""
-    gone = {f.code for f in before} - {f.code for f in after}
-    seen = sorted(gone & {f.code for f in before if f.source == "probe"}) or sorted(gone)
-    return f"fixed {', '.join(seen) or 'the configuration'}; verified: {proof}"
+    gone = sorted({f.code for f in before} - {f.code for f in after})
+    return f"fixed {', '.join(gone) or 'the configuration'}; verified: {proof}"
 
 
 # ---------------------------------------------------------------------- rollback

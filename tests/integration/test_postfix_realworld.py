@@ -157,7 +157,8 @@ def test_plan_explains_every_change_and_says_how_auth_is_fixed(lab, fleet):
     assert "+smtpd_sasl_auth_enable = no" in anon["diff"]
     assert any("only mechanism is ANONYMOUS" in f["detail"] for f in anon["findings_before"])
     indirect = plan[next(h.name for h in hosts if h.scenario == "indirect-mynetworks")]
-    assert "+my_trusted = 127.0.0.0/8 [::1]/128" in indirect["diff"] and "mynetworks =" not in indirect["diff"]
+    assert "+my_trusted = 127.0.0.0/8 [::1]/128" in indirect["diff"]
+    assert "\n-mynetworks" not in indirect["diff"] and "\n+mynetworks" not in indirect["diff"]
     sender = plan[next(h.name for h in hosts if h.scenario == "sender-whitelist")]
     assert "not an MX" in sender["simulation"]
 
