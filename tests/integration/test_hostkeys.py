@@ -59,5 +59,5 @@ def test_a_changed_key_is_reported_and_never_written(lab, tmp_path, reliability)
     assert a.name in error and _fingerprint(lab, a.name) in error and _fingerprint(lab, b.name) in error, error
     reliability("fault",
                 "2 host key changed",
-                "refused before authentication: does NOT match known_hosts",
+                "refused before authentication, naming the host and both fingerprints",
                 "untouched; known_hosts never rewritten")
