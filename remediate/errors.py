@@ -5,7 +5,8 @@
      ├── TransportError       SSH could not connect, authenticate, or a remote command failed
      │    ├── HostKeyError    unknown or changed host key (never auto-accepted)
      │    ├── AuthError       the host refused our credentials
-     │    └── CommandError    a remote command exited non-zero; carries the command, rc and stderr
+     │    ├── CommandError    a remote command exited non-zero; carries the command, rc and stderr
+     │    └── CommandTimeout  a remote command did not finish within its timeout (hung, or the link is gone)
      ├── ValidationError      a candidate configuration failed validation on the host
      ├── PlanMismatch         a host is not what the approved plan saw (drift, host key): skipped, untouched
      ├── LockError            another run holds the host's lock
@@ -65,6 +66,10 @@ class CommandError(TransportError):
         self.host, self.command, self.rc, self.stderr = host, command, rc, stderr
         tail = stderr.strip().splitlines()[-3:]
         super().__init__(f"{host}: `{command}` exited {rc}" + (": " + " | ".join(tail) if tail else ""))
+
+
+class CommandTimeout(TransportError):
+    """A remote command did not finish within its timeout: it hangs on the host, or the link is gone."""
 
 
 class ValidationError(RemediateError):

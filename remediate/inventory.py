@@ -46,6 +46,8 @@ _USER_RE = re.compile(r"[a-z_][a-z0-9_.-]*")
 _ENV_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _BRACKETED_RE = re.compile(r"\[([^\]]+)\](?:/(\d{1,3}))?")
+#: characters a shell gives a meaning to (quotes, expansion, globbing, redirection, separators)
+_SHELL_META = frozenset(";&|`$<>(){}[]*?!\"'\\#")
 _NO_PASSWORDS = ("passwords never live in the inventory; put it in an environment variable and name it "
                  "with password_env")
 
@@ -140,8 +142,14 @@ def _env_name(value: Any, spot: _Spot) -> str:
 
 
 def _path(value: Any, spot: _Spot) -> str:
-    """Expand `~`; a relative path is taken relative to the inventory file's directory."""
+    """Expand `~`; a relative path is taken relative to the inventory file's directory. Refused: whitespace,
+    control characters, shell metacharacters and a leading `-` (a path must never read as an option such as
+    `-oProxyCommand=...`, whatever later quotes it)."""
     text = _string(value, spot, "a file path")
+    bad = sorted({c for c in text if c in _SHELL_META or not c.isprintable() or c.isspace()})
+    if bad or text.startswith("-"):
+        what = f"characters {''.join(bad)!r}" if bad else "a leading '-' (it would read as an option)"
+        raise spot.error(f"a file path with {what} is refused; rename the file or link it from a plain name")
     return os.path.normpath(os.path.join(spot.base, os.path.expanduser(text)))
 
 

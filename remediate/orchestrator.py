@@ -369,5 +369,5 @@ def _resume(ctx: HostContext, phase: Phase) -> HostResult:
         return failed
     ctx.journal.record(ctx.host.name, Phase.DONE)
     assert txn.verdict is not None
-    return replace(txn.result, status=Status.CHANGED, changed=True, notes=(f"finished from phase {phase.value}",),
-                   findings_after=txn.verdict.findings)
+    return replace(txn.result, status=Status.CHANGED, changed=True, findings_after=txn.verdict.findings,
+                   notes=(f"finished from phase {phase.value}", *txn.result.notes))

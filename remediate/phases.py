@@ -5,23 +5,29 @@ a later step fails, runs the `undo` of the newest step done that has one (the ba
 restore: `roll_back`). The sequences: `APPLY` (validate the candidate, back up, write, then `TAIL`),
 `TAIL` (check, activate, verify from outside; shared by apply and resume) and `ROLLBACK` (check, activate,
 the MTA answers). Steps reach the host only through the driver, the shell and the backup store.
+
+Every activation (apply, resume, rollback, and the restore of a failed apply) goes through `bring_up`: the
+driver's activation, then a bounded wait for the SMTP banner; an MTA that does not greet (wedged on
+reload) or whose activation hangs is restarted by its driver and waited for again, and the result's notes
+say what was escalated and why.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from remediate.backup import BackupStore, FileRecord, Manifest, restore
-from remediate.errors import RemediateError, TransportError, ValidationError
+from remediate.errors import CommandError, CommandTimeout, DriverError, RemediateError, TransportError, ValidationError
 from remediate.journal import Journal
 from remediate.model import Host, HostResult, Phase, Status
 from remediate.mta import Candidate, Driver, Facts, Simulation, unchanged
 from remediate.mta.playbook import Policy
 from remediate.shell import Shell
 from remediate.verdict import Verdict
-from remediate.verify import answering, outside_probe, probe_until_secure, proof
+from remediate.verify import answering, await_banner, outside_probe, probe_until_secure, proof
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +155,46 @@ def check(ctx: HostContext, txn: Txn) -> None:
 
 
 def activate(ctx: HostContext, txn: Txn) -> None:
-    ctx.driver.activate(ctx.shell)
+    escalated = bring_up(ctx.shell, ctx.driver, ctx.host, ctx.log)
+    txn.result = replace(txn.result, notes=(*txn.result.notes, *escalated))
+
+
+def bring_up(shell: Shell, driver: Driver, host: Host, log: Any) -> tuple[str, ...]:
+    """Activate, then wait for the SMTP banner (the playbook's `restart.answer_timeout`, seconds). When the
+    activation hangs (past `restart.command_timeout`) or no banner comes, escalate to the driver's restart
+    (stop; kill through the pid file; start) and wait again. Returns notes on what was escalated and why
+    (empty when the MTA answered at once). A port this machine cannot connect to at all (filtered, a cut
+    link) is noted, not escalated: verification decides. Raises CommandError when the MTA refuses the
+    activation (the configuration), TransportError when it does not answer even after the restart, or
+    cannot be restarted."""
+    spec = driver.playbook.restart
+    started = time.monotonic()
+    try:
+        driver.activate(shell)
+        silence = await_banner(host, spec.answer_timeout)
+        if silence is None:
+            return ()
+        if silence.filtered:   # a firewall or the network, not the MTA: a restart would change nothing
+            log.warning("smtp_unreachable", reason=silence.why)
+            return (f"no SMTP banner after activation, but no connection either ({silence.why}): the MTA was "
+                    "not restarted",)
+        reason = f"no SMTP banner after activation ({silence.why})"
+    except CommandTimeout as exc:
+        reason = f"no SMTP banner after activation (the activation hung: {exc})"
+    log.warning("mta_not_answering", reason=reason, seconds=round(time.monotonic() - started, 1))
+    missed = time.monotonic()
+    try:
+        done = driver.restart(shell)
+    except DriverError as exc:
+        raise TransportError(f"{host.name}: {reason}, and {exc}") from exc
+    still = await_banner(host, spec.answer_timeout)
+    took = time.monotonic() - missed
+    if still is not None:
+        raise TransportError(f"{host.name}: {reason}; restarted ({'; '.join(done)}) and still no banner: "
+                             f"{still.why}")
+    log.warning("mta_restarted", reason=reason, steps=list(done), seconds=round(took, 1))
+    return (f"escalated to a restart: {reason}; {'; '.join(done)}; SMTP answered {took:.0f}s after the "
+            "missed banner",)
 
 
 def verify(ctx: HostContext, txn: Txn) -> None:
@@ -173,15 +218,20 @@ def answers(ctx: HostContext, txn: Txn) -> None:
                              + "; ".join(result.errors))
 
 
-def reinstate(shell: Shell, driver: Driver, records: dict[FileRecord, bytes]) -> list[str]:
-    """Put a backup back: restore every resource, activate (which may regenerate derived files), then
-    restore again whatever activation rewrote, so the host ends byte-identical (bytes, mode, owner, mtime).
-    Returns the paths the first restore wrote. Activation failing is not an error here: the restored
-    configuration is what the MTA last ran."""
-    written = restore(shell, records)
-    driver.try_activate(shell)
+def reinstate(shell: Shell, driver: Driver, host: Host, records: dict[FileRecord, bytes],
+              log: Any) -> tuple[str, ...]:
+    """Put a backup back: restore every resource, activate (`bring_up`: which may regenerate derived files,
+    and restarts an MTA that stops greeting), then restore again whatever activation rewrote, so the host
+    ends byte-identical (bytes, mode, owner, mtime). Returns the escalation notes. The MTA refusing the
+    activation is not an error here: the restored configuration is what it last ran. TransportError when
+    the MTA does not answer even after a restart (the files are restored all the same)."""
     restore(shell, records)
-    return written
+    try:
+        return bring_up(shell, driver, host, log)
+    except CommandError:
+        return ()
+    finally:
+        restore(shell, records)
 
 
 def resettle(ctx: HostContext, txn: Txn) -> None:
@@ -195,7 +245,7 @@ def roll_back(ctx: HostContext, txn: Txn, reason: str) -> HostResult:
         if not txn.records:
             assert txn.manifest is not None
             txn.records = ctx.store.contents(ctx.shell, txn.manifest)
-        reinstate(ctx.shell, ctx.driver, txn.records)
+        escalated = reinstate(ctx.shell, ctx.driver, ctx.host, txn.records, ctx.log)
         verdict, result = outside_probe(ctx.host, ctx.driver.probe_context(ctx.host, None), ctx.policy.expect_local)
     except RemediateError as exc:
         ctx.log.critical("rollback_failed", error=str(exc))
@@ -207,7 +257,7 @@ def roll_back(ctx: HostContext, txn: Txn, reason: str) -> HostResult:
     ctx.log.warning("rolled_back", reason=reason)
     note = "MTA answering after restore" if answering(result) else "MTA NOT answering after restore"
     return replace(txn.result, status=Status.ROLLED_BACK, error=reason, findings_after=verdict.findings,
-                   notes=(note,))
+                   notes=(*txn.result.notes, *escalated, note))
 
 
 #: activation then verification, shared by apply and resume

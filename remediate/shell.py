@@ -75,7 +75,8 @@ class Shell(Protocol):
     def tempdir(self, prefix: str) -> AbstractContextManager[str]: ...
     def restore_metadata(self, path: str, st: FileStat) -> None: ...
     def listener(self, port: int) -> str | None: ...
-    def signal(self, pidfile: str, name: str) -> None: ...
+    def signal(self, pidfile: str, name: str, *, group: bool = False) -> None: ...
+    def running(self, pidfile: str) -> int | None: ...
 
 
 
@@ -172,12 +173,29 @@ class PosixShell:
         self.conn.run(["touch", "-m", "-d", f"@{sec}.{ns:09d}", "--", path])
 
     # ------------------------------------------------------------------ processes
-    def signal(self, pidfile: str, name: str) -> None:
-        """Send signal `name` (e.g. HUP) to the process whose pid is the first word of `pidfile`."""
-        pid = self.read(pidfile).decode().split()[0]
-        if not pid.isdigit():
+    def signal(self, pidfile: str, name: str, *, group: bool = False) -> None:
+        """Send signal `name` (e.g. HUP) to the process whose pid is the first word of `pidfile`, or with
+        `group` to its whole process group (the pid as a group id, as `kill -- -PID`: a daemon that leads
+        its own group, such as an MTA's master and its children)."""
+        pid = self._pid(pidfile)
+        if pid is None:
             raise CommandError(self.name, f"read {pidfile}", 1, f"no pid in {pidfile}")
-        self.conn.run(["kill", f"-{name}", "--", pid])
+        self.conn.run(["kill", f"-{name}", "--", f"-{pid}" if group else str(pid)])
+
+    def running(self, pidfile: str) -> int | None:
+        """The pid `pidfile` names when that process is alive; None when the file is missing or empty or
+        the process is gone (a zombie counts as gone)."""
+        pid = self._pid(pidfile)
+        if pid is None:
+            return None
+        state = self.conn.run(["cat", "--", f"/proc/{pid}/stat"], check=False)
+        alive = state.rc == 0 and state.out.rpartition(")")[2].split()[:1] not in (["Z"], ["X"], [])
+        return pid if alive else None
+
+    def _pid(self, pidfile: str) -> int | None:
+        result = self.conn.run(["cat", "--", pidfile], check=False)
+        words = result.out.split() if result.rc == 0 else []
+        return int(words[0]) if words and words[0].isdigit() and int(words[0]) > 1 else None
 
     def listener(self, port: int) -> str | None:
         """The name of the process listening on TCP `port` (e.g. `master`, `exim4`), or None."""

@@ -23,7 +23,7 @@ from typing import Any
 import paramiko
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from remediate.errors import AuthError, CommandError, HostKeyError, TransportError
+from remediate.errors import AuthError, CommandError, CommandTimeout, HostKeyError, TransportError
 from remediate.model import Host
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
@@ -130,26 +130,47 @@ class Connection:
         sock = None
         if opts["proxyjump"] and opts["proxyjump"].lower() != "none":
             sock = self._open_jump(opts["proxyjump"], opts["hostname"], opts["port"])
-        passphrase = os.environ.get(self.ssh.password_env) if self.ssh.password_env else None
+        pkey = self._identity(opts["identityfile"])
         timeout = self.ssh.connect_timeout
         try:
-            client.connect(opts["hostname"], port=opts["port"], username=opts["user"],
-                           key_filename=opts["identityfile"], passphrase=passphrase, sock=sock,
+            client.connect(opts["hostname"], port=opts["port"], username=opts["user"], pkey=pkey, sock=sock,
                            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, allow_agent=True,
                            look_for_keys=True)
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
                 f"{self.name}: host key for {self.host.address} does NOT match known_hosts "
-                f"({self.ssh.known_hosts}); possible man-in-the-middle. Check the key out of band, then "
-                "fix known_hosts") from exc
+                f"({self.ssh.known_hosts}): the host offers {fingerprint(exc.key)}, known_hosts has "
+                f"{fingerprint(exc.expected_key)}; possible man-in-the-middle. Refused before authentication. "
+                "Check the key out of band, then fix known_hosts") from exc
         except paramiko.AuthenticationException as exc:
-            raise AuthError(f"{self.name}: authentication as {opts['user']} failed "
-                            f"(key {opts['identityfile'] or 'from agent/defaults'})") from exc
+            raise AuthError(f"{self.name}: authentication as {opts['user']} failed (key: "
+                            f"{'the identity_file' if pkey else 'from the agent or ~/.ssh defaults'}); check "
+                            "that its public key is in the user's authorized_keys") from exc
         except paramiko.SSHException as exc:
             raise _Transient(str(exc)) from exc
         except (OSError, EOFError) as exc:
             raise _Transient(str(exc) or type(exc).__name__) from exc
         self._client = client
+
+    def _identity(self, path: str | None) -> paramiko.PKey | None:
+        """The private key at `path` (None: the agent and ~/.ssh defaults), decrypted with the passphrase the
+        environment variable `password_env` names. AuthError (never retried) when it cannot be read: the
+        message names neither the path nor the passphrase, which may be secrets in their own right."""
+        if path is None:
+            return None
+        passphrase = os.environ.get(self.ssh.password_env) if self.ssh.password_env else None
+        try:
+            return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
+        except (paramiko.PasswordRequiredException, TypeError) as exc:   # cryptography: TypeError
+            raise AuthError(f"{self.name}: the identity_file is encrypted and no passphrase was given (set "
+                            f"password_env to the NAME of an environment variable that holds it)") from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            env = f"${self.ssh.password_env}" if self.ssh.password_env else "password_env"
+            raise AuthError(f"{self.name}: the identity_file cannot be read as a private key (wrong passphrase "
+                            f"in {env}, or not a key)") from exc
+        except OSError as exc:
+            raise AuthError(f"{self.name}: the identity_file cannot be read ({exc.strerror or 'unreadable'})") \
+                from exc
 
     def _open_jump(self, spec: str, hostname: str, port: int) -> paramiko.Channel:
         from dataclasses import replace
@@ -182,8 +203,8 @@ class Connection:
     def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
             timeout: float | None = None, privileged: bool = True) -> Result:
         """Run argv on the host (through sudo when `become`). CommandError when check and rc != 0;
-        TransportError when the connection drops or the command outlives `timeout` (default: the
-        host's command_timeout)."""
+        CommandTimeout when the command outlives `timeout` seconds (default: the host's command_timeout);
+        TransportError when the connection drops."""
         timeout = timeout or self.ssh.command_timeout
         self.connect()
         assert self._client is not None
@@ -198,6 +219,9 @@ class Connection:
             out, err = _drain(chan, timeout)
             rc = chan.recv_exit_status()
             chan.close()
+        except TimeoutError as exc:
+            raise CommandTimeout(f"{self.name}: `{cmd}` did not finish within {timeout:g}s (hung on the host, "
+                                 "or the connection is gone)") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.name}: connection lost or timed out while running `{cmd}`: "
                                  f"{exc or type(exc).__name__}") from exc

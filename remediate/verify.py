@@ -2,17 +2,21 @@
 
 `outside_probe` probes the host's SMTP port from this machine (`remediate.probe`) and judges it
 (`remediate.verdict`) with the driver's `ProbeContext` (local domain, deferral, served domains) and the
-host's own trusted networks; `probe_until_secure` repeats that read-only check after an activation, because the
-MTA's old processes may serve a session or two with the old configuration.
+host's own trusted networks; `probe_until_secure` repeats that read-only check after an activation, because
+the MTA's old processes may serve a session or two with the old configuration; `await_banner` is the bounded
+wait for the MTA to greet at all after an activation (a wedged MTA takes the connection and never does).
 """
 
 from __future__ import annotations
 
+import socket
 import time
+from dataclasses import dataclass
 
+from remediate.errors import ProbeError, ProbeTimeout
 from remediate.model import Host, ProbeContext, Status
 from remediate.probe import HELO, probe
-from remediate.smtp import ProbeResult, implicit_tls_connect
+from remediate.smtp import ProbeResult, SmtpSession, implicit_tls_connect
 from remediate.verdict import Verdict, judge, merged
 
 
@@ -75,3 +79,38 @@ def proof(result: ProbeResult, expect_local: str) -> str:
 def answering(result: ProbeResult) -> bool:
     """The MTA greeted the probe with a 2xx banner."""
     return result.banner is not None and result.banner.klass == 2
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Why no banner came: `why` in words; `filtered` when not even a TCP connection was made (a firewall, a
+    cut link: nothing the MTA's restart would change)."""
+
+    why: str
+    filtered: bool
+
+
+def await_banner(host: Host, timeout: float, interval: float = 0.5) -> Silence | None:
+    """Wait up to `timeout` seconds for the host's SMTP port to greet (any whole reply line counts: the MTA
+    answers), reconnecting every `interval` seconds while it refuses or drops. None once it greeted; else
+    why not. Read-only: QUIT after the banner, nothing else is sent."""
+    deadline = time.monotonic() + timeout
+    why, connected = "no attempt", False
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            with socket.create_connection((host.address, host.probe_port), timeout=remaining) as sock:
+                connected = True
+                session = SmtpSession(sock, timeout=max(0.01, deadline - time.monotonic()))
+                session.read_reply()
+                session.quit()
+                return None
+        except ConnectionRefusedError as exc:
+            why, connected = f"port {host.probe_port} refused the connection: {exc}", True
+        except OSError as exc:
+            why = f"cannot connect to port {host.probe_port}: {exc or type(exc).__name__}"
+        except ProbeTimeout:
+            why = f"port {host.probe_port} took the connection but sent no banner within {timeout:g}s"
+        except ProbeError as exc:
+            why = f"port {host.probe_port} took the connection but {exc}"
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+    return Silence(why, filtered=not connected)

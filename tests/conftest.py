@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+pytest_plugins = ["tests.reliability"]   # docs/RELIABILITY.md from the fault tests (--reliability-doc)
+
 # The suite shares 2 cores with real sshd/Postfix hosts: judge properties, not per-example timing.
 settings.register_profile("remediate", deadline=None)
 settings.load_profile("remediate")
@@ -28,7 +30,9 @@ LAB_SCENARIOS = ["open-relay", "anonymous-auth", "master-override", "access-map"
                  "sendmail-secure", "sendmail-promiscuous", "sendmail-connect-octets", "sendmail-to-relay",
                  "sendmail-anonymous", "sendmail-all-addresses",
                  "sender-whitelist", "recipient-whitelist", "anonymous-only", "inbound-refused", "inbound-tempfail",
-                 "indirect-mynetworks", "subnet-style", "cidr-host-bits", "extra-services"]
+                 "indirect-mynetworks", "subnet-style", "cidr-host-bits", "extra-services",
+                 # faults of the MTA itself (remediate/lab/fault_scenarios.py): mx31
+                 "wedged-reload"]
 
 
 @pytest.fixture(scope="session")

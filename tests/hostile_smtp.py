@@ -73,8 +73,20 @@ class Conversation:
             while not self.closing and (line := self.readline()) is not None:
                 self.transcript.add(self.number, line)
                 reply = self.dispatch(line)
-                self.stream.sendall(reply.replace("\n", "\r\n").encode() + b"\r\n")
+                verb = line.split(" ", 1)[0].upper()
+                if verb in b.raw_replies:   # sent as it is, without a copy (a huge line stays one buffer)
+                    self.stream.sendall(memoryview(b.raw_replies[verb]))
+                    continue
+                data = reply.replace("\n", "\r\n").encode() + b"\r\n"
+                if line.split(" ", 1)[0].upper() == b.drop_mid_reply:
+                    self.stream.sendall(data[:len(data) // 2])   # half a reply, then the connection is gone
+                    return
+                self.send_reply(data)
                 if reply.startswith("220 ") and line.upper() == "STARTTLS":
+                    if b.stall_tls:   # takes the STARTTLS, then never answers the client's handshake
+                        while self.stream.recv(4096):
+                            pass
+                        return
                     assert b.tls is not None
                     self.stream = b.tls.wrap_socket(self.stream, server_side=True)
                     self.tls, self.helo, self.buf = True, False, b""
@@ -82,6 +94,15 @@ class Conversation:
             pass
         finally:
             self.stream.close()
+
+    def send_reply(self, data: bytes) -> None:
+        """A reply, at once or one byte every `reply_trickle` seconds."""
+        if not self.behaviour.reply_trickle:
+            self.stream.sendall(data)
+            return
+        for i in range(len(data)):
+            self.stream.sendall(data[i:i + 1])
+            time.sleep(self.behaviour.reply_trickle)
 
     def readline(self) -> str | None:
         while b"\n" not in self.buf:
@@ -99,7 +120,7 @@ class Conversation:
         if verb == "EHLO":
             self.helo, self.sender = True, None
             keywords = ["PIPELINING", "SIZE 10240000"]
-            keywords += ["STARTTLS"] if b.tls and not self.tls else []
+            keywords += ["STARTTLS"] if (b.tls or b.stall_tls) and not self.tls else []
             keywords += ["XCLIENT NAME ADDR PROTO HELO"] if b.xclient else []
             keywords += [f"AUTH {' '.join(self.mechanisms)}"] if self.mechanisms else []
             return "\n".join(f"250-{k}" for k in [b.host, *keywords]) + "\n250 8BITMIME"
@@ -107,7 +128,8 @@ class Conversation:
             self.helo = True
             return f"250 {b.host}"
         if verb == "STARTTLS":
-            return "220 2.0.0 Ready to start TLS" if b.tls and not self.tls else "454 4.7.0 TLS not available"
+            ready = (b.tls or b.stall_tls) and not self.tls
+            return "220 2.0.0 Ready to start TLS" if ready else "454 4.7.0 TLS not available"
         if verb == "AUTH":
             return self.auth(arg)
         if verb == "XCLIENT":
@@ -181,6 +203,11 @@ class Behaviour:
     silent = False
     drop_after_banner = False
     trickle = 0.0  # seconds between banner bytes (0: the banner is sent at once)
+    reply_trickle = 0.0  # seconds between the bytes of every other reply
+    raw_banner: bytes | None = None  # sent as the greeting instead of `banner` (garbage, a huge line)
+    drop_mid_reply: str | None = None  # a verb (e.g. "MAIL") whose reply is cut in half by a closed connection
+    raw_replies: dict[str, bytes] = {}  # noqa: RUF012 - verb -> bytes sent instead of the reply (never mutated)
+    stall_tls = False  # answer STARTTLS with 220, then never take part in the handshake
     max_errors: int | None = None
     anonymous_reply = "235 2.7.0 Authentication successful"
     local_domains = ("example.org",)
@@ -191,7 +218,10 @@ class Behaviour:
             assert hasattr(self, key), key
             setattr(self, key, value)
 
-    def greeting(self) -> list[bytes]:
+    def greeting(self) -> list[bytes] | list[memoryview]:
+        if self.raw_banner is not None:   # views, not copies: the peer's memory is not the probe's
+            view = memoryview(self.raw_banner)
+            return [view[i:i + 65536] for i in range(0, len(view), 65536)]
         data = "".join(line + "\r\n" for line in self.banner).encode()
         return [data[i:i + 1] for i in range(len(data))] if self.trickle else [data]
 

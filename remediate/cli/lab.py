@@ -35,6 +35,7 @@ def lab_up(hosts: Annotated[int | None, typer.Option("--hosts", help="number of 
                                                           f"of each; default {DEFAULT_MTA}")] = None,
            state_dir: LabState = Path("/run/remediate-lab")) -> None:
     """Start lab hosts and write an inventory for them."""
+    from remediate.lab.fault_scenarios import FAULT_SCENARIOS
     from remediate.lab.scenarios import DEFAULT_SCENARIOS, scenarios_of
 
     kinds = [m for item in (mta or [DEFAULT_MTA]) for m in item.split(",") if m]
@@ -43,7 +44,7 @@ def lab_up(hosts: Annotated[int | None, typer.Option("--hosts", help="number of 
         raise fail(f"--mta {unknown[0]}: the lab runs {', '.join(MTAS)}")
     names = [s for item in (scenario or []) for s in item.split(",") if s]
     if names == ["all"]:
-        names = [name for kind in kinds for name in scenarios_of(kind)]
+        names = [name for kind in kinds for name in scenarios_of(kind) if name not in FAULT_SCENARIOS]
     elif not names and mta:
         names = [DEFAULT_SCENARIOS[kind] for kind in kinds]
     count = hosts or (len(names) if names else 3)

@@ -230,7 +230,8 @@ class Lab:
         mta = mtas.MTAS[h.mta]
         stock = Path(self.layers.get(h.mta, "/"))
         files: dict[str, tuple[str, int, int]] = {
-            path: (text, 0o644, 0) for path, text in scenario_files(h.scenario, h.fqdn, stock).items()}
+            path: (text, 0o755 if text.startswith("#!") else 0o644, 0)   # a script is executable
+            for path, text in scenario_files(h.scenario, h.fqdn, stock).items()}
         files.update(_accounts(mta))
         files.update({
             "/etc/hostname": (h.fqdn + "\n", 0o644, 0),

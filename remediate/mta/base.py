@@ -9,6 +9,7 @@ A `Driver` holds all knowledge of one MTA. The core calls, in order:
     validate(shell, facts, cand, ...)    the candidate in a private copy: syntax + simulated outside session
     backup_set(facts, cand) -> [Saved]   every resource activation can change (files + derived)
     check_live(shell), activate(shell)   activation: check the live config, then regenerate/reload
+    restart(shell)                       when the MTA stops greeting after activation: stop, kill, start
     probe_context(host, facts)           what the outside probe needs to judge this host
 
 `PlaybookDriver` implements all of it from a playbook (`remediate.mta.playbook`) except what only the MTA
@@ -27,6 +28,7 @@ import hashlib
 import inspect
 import posixpath
 import shlex
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +36,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
 from remediate.backup import Saved, sha256
-from remediate.errors import CommandError, PlanMismatch, ValidationError
+from remediate.errors import CommandError, CommandTimeout, DriverError, PlanMismatch, ValidationError
 from remediate.model import Finding, Host, PlannedHost, ProbeContext
 from remediate.mta.playbook import PLAYBOOK_DIR, Playbook, Policy, Transform, fill, load_playbook, resolve_args
 from remediate.shell import FileStat, Shell, under
@@ -132,6 +134,7 @@ class Driver(Protocol):
     def check_live(self, shell: Shell) -> None: ...
     def activate(self, shell: Shell) -> None: ...
     def try_activate(self, shell: Shell) -> bool: ...
+    def restart(self, shell: Shell) -> tuple[str, ...]: ...
     def probe_context(self, host: Host, facts: Facts | None) -> ProbeContext: ...
     def images(self, facts: Facts, cand: Candidate) -> tuple[tuple[tuple[str, str], ...], ...]: ...
     def check_against_plan(self, facts: Facts, cand: Candidate, planned: PlannedHost) -> None: ...
@@ -308,9 +311,10 @@ class PlaybookDriver:
             shell.run(argv)
 
     def activate(self, shell: Shell) -> None:
-        """Regenerate what derives from the configuration and reload the MTA (CommandError on failure)."""
+        """Regenerate what derives from the configuration and reload the MTA (CommandError on failure;
+        CommandTimeout when a command runs past the playbook's `restart.command_timeout`)."""
         for argv in self.playbook.reload:
-            shell.run(argv)
+            shell.run(argv, timeout=self.playbook.restart.command_timeout)
 
     def try_activate(self, shell: Shell) -> bool:
         """`activate`, reporting failure instead of raising (used while restoring)."""
@@ -319,6 +323,31 @@ class PlaybookDriver:
         except CommandError:
             return False
         return True
+
+    def restart(self, shell: Shell) -> tuple[str, ...]:
+        """Restart the MTA as the playbook's `restart` block says: `stop` (a stop that hangs past
+        `command_timeout` is given up on); if the process its `pidfile` names is still alive `stop_timeout`
+        seconds later, SIGKILL it (its process group with `kill_group`); then `start`. Returns what was done,
+        in words, for the report. DriverError when the playbook has no restart; CommandError or
+        CommandTimeout when the start fails."""
+        spec = self.playbook.restart
+        if not spec.start:
+            raise DriverError(f"the {self.name} playbook has no restart (stop/start): the MTA cannot be restarted")
+        done: list[str] = []
+        for argv in spec.stop:
+            try:
+                shell.run(argv, timeout=spec.command_timeout, check=False)
+            except CommandTimeout:
+                done.append(f"`{' '.join(argv)}` hung for {spec.command_timeout:g}s")
+        if spec.pidfile and (pid := _still_running(shell, spec.pidfile, spec.stop_timeout)):
+            shell.signal(spec.pidfile, "KILL", group=spec.kill_group)
+            done.append(f"process {pid} ({spec.pidfile}) did not exit: killed{' with its group' * spec.kill_group}")
+            if _still_running(shell, spec.pidfile, spec.stop_timeout):
+                raise CommandError(shell.name, f"kill -KILL {pid}", 1, f"process {pid} survived SIGKILL")
+        for argv in spec.start:
+            shell.run(argv, timeout=spec.command_timeout)
+        done.append("started")
+        return tuple(done)
 
     # ------------------------------------------------------------------ probe
     def probe_context(self, host: Host, facts: Facts | None) -> ProbeContext:
@@ -335,6 +364,14 @@ def private_path(root: str, copy: str, path: str) -> str:
 
 def _short(digest: str | None) -> str:
     return "absent" if digest is None else digest[:12] + "..."
+
+
+def _still_running(shell: Shell, pidfile: str, timeout: float, interval: float = 0.5) -> int | None:
+    """The pid `pidfile` names if that process is still alive after up to `timeout` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while (pid := shell.running(pidfile)) is not None and time.monotonic() < deadline:
+        time.sleep(interval)
+    return pid
 
 
 def _warnings(text: str, directory: str, tmp: str) -> set[str]:

@@ -4,8 +4,9 @@ A playbook names the files the transforms edit (all under `config_dir`, the vali
 is validated in a private copy of that directory, so a file outside it is refused at load), the files
 activation regenerates (`derived`), the transforms per policy (by name, from the driver's own registry),
 the read-only fact commands, the validation commands, the driver's simulation (`argv` plus options the
-driver declares), and the `check` and `reload` commands of activation. It holds no logic: the driver
-(`remediate.mta.<name>`) interprets it.
+driver declares), the `check` and `reload` commands of activation, and `restart`: the bounded waits after
+an activation and how to restart an MTA that stops greeting (stop, end it through its pid file, start).
+It holds no logic: the driver (`remediate.mta.<name>`) interprets it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from remediate.shell import under
 
 PLAYBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "playbooks"
 TOP_KEYS = {"mta", "version", "config_dir", "files", "derived", "facts", "policies", "validate", "simulate",
-            "check", "reload"}
+            "check", "reload", "restart"}
+RESTART_KEYS = {"answer_timeout", "command_timeout", "stop", "stop_timeout", "pidfile", "kill_group", "start"}
 STEP_KEYS = {"file", "transform", "with"}
 POLICY_KEYS = {"description", "expect_local", "transforms"}
 Transform = Callable[..., str]
@@ -55,6 +57,24 @@ class Simulate:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """How activation is bounded, and how to restart an MTA that stops greeting (all times in seconds).
+
+    `answer_timeout`: how long the SMTP banner may take after a reload or start; `command_timeout`: how
+    long a reload, stop or start command may run before it counts as hung; `stop` then, if the process
+    `pidfile` names is still alive `stop_timeout` after it, SIGKILL to it (to its process group with
+    `kill_group`), then `start`. No `stop`/`start`: the MTA cannot be restarted by this tool."""
+
+    answer_timeout: float = 20.0
+    command_timeout: float = 30.0
+    stop: tuple[tuple[str, ...], ...] = ()
+    stop_timeout: float = 10.0
+    pidfile: str | None = None
+    kill_group: bool = False
+    start: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Playbook:
     path: str
     mta: str
@@ -68,6 +88,7 @@ class Playbook:
     simulate: Simulate | None
     check: tuple[tuple[str, ...], ...]             # activation, first: the live config is sound
     reload: tuple[tuple[str, ...], ...]            # activation, then: regenerate and reload
+    restart: Restart = Restart()                   # bounded waits after activation; restart when wedged
 
     @property
     def label(self) -> str:
@@ -106,11 +127,11 @@ class _Reader:
             raise self.fail("must be a non-empty list of strings (an argument vector)", parent, key, where)
         return tuple(node)
 
-    def argvs(self, parent: Any, key: str) -> tuple[tuple[str, ...], ...]:
+    def argvs(self, parent: Any, key: str, prefix: str = "") -> tuple[tuple[str, ...], ...]:
         node = parent.get(key) or []
         if not isinstance(node, list):
-            raise self.fail("must be a list of argument vectors", parent, key, key)
-        return tuple(self.argv(v, node, i, f"{key}[{i}]") for i, v in enumerate(node))
+            raise self.fail("must be a list of argument vectors", parent, key, prefix + key)
+        return tuple(self.argv(v, node, i, f"{prefix}{key}[{i}]") for i, v in enumerate(node))
 
 
 def load_playbook(path: str | Path, transforms: Mapping[str, Transform],
@@ -160,7 +181,33 @@ def load_playbook(path: str | Path, transforms: Mapping[str, Transform],
         simulate=simulate,
         check=r.argvs(top, "check"),
         reload=r.argvs(top, "reload"),
+        restart=_restart(r, top),
     )
+
+
+def _restart(r: _Reader, top: Any) -> Restart:
+    """The `restart` block (optional): positive times in seconds, argument vectors, an absolute pid file."""
+    if top.get("restart") is None:
+        return Restart()
+    node = top["restart"]
+    block = r.mapping(node, RESTART_KEYS, "restart")
+    times = {}
+    for key in ("answer_timeout", "command_timeout", "stop_timeout"):
+        value = block.get(key, getattr(Restart, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+            raise r.fail("must be a number of seconds, more than 0 and at most 3600", node, key, f"restart.{key}")
+        times[key] = float(value)
+    pidfile = block.get("pidfile")
+    if pidfile is not None and not (isinstance(pidfile, str) and pidfile.startswith("/")):
+        raise r.fail("must be an absolute path", node, "pidfile", "restart.pidfile")
+    if not isinstance(block.get("kill_group", False), bool):
+        raise r.fail("must be true or false", node, "kill_group", "restart.kill_group")
+    stop, start = r.argvs(node, "stop", "restart."), r.argvs(node, "start", "restart.")
+    if bool(stop) != bool(start):
+        raise r.fail("stop and start go together (a restart needs both)", node, "stop" if stop else "start",
+                     "restart")
+    return Restart(stop=stop, start=start, pidfile=pidfile, kill_group=bool(block.get("kill_group", False)),
+                   **times)
 
 
 def _policy(r: _Reader, pname: str, pnode: Any, files: Mapping[str, str],

@@ -145,7 +145,7 @@ def _wrap_postfix(lab, host: str, on_reload: str) -> None:
     # reload "works" but something else re-opens the relay: verification from outside must catch it
     ("mx9", "/usr/sbin/postconf -e 'mynetworks = 0.0.0.0/0'"),
 ])
-def test_a_failed_reload_or_verification_rolls_back_byte_identical(lab, work, original, host, sabotage):
+def test_a_failed_reload_or_verification_rolls_back_byte_identical(lab, work, original, host, sabotage, reliability):
     _wrap_postfix(lab, host, sabotage)
     try:
         before = snapshot(lab.path(host, "/"))
@@ -160,9 +160,14 @@ def test_a_failed_reload_or_verification_rolls_back_byte_identical(lab, work, or
         assert '"phase": "rolled_back"' in journal
     finally:
         lab.reset(host)
+    fault = "7 MTA fails to reload the new config" if host == "mx8" else "8 relay reopened after reload"
+    reliability("fault",
+                fault,
+                "rolled_back",
+                "byte-identical, Postfix answering")
 
 
-def test_bad_inventory_exits_2_naming_file_line_and_key_and_contacts_nobody(lab, tmp_path):
+def test_bad_inventory_exits_2_naming_file_line_and_key_and_contacts_nobody(lab, tmp_path, reliability):
     bad = tmp_path / "inventory.yaml"
     bad.write_text(lab.inventory_path.read_text().replace("  mta: postfix", "  mta: postfix\n  becom: true"))
     line = bad.read_text().splitlines().index("  becom: true") + 1
@@ -172,6 +177,10 @@ def test_bad_inventory_exits_2_naming_file_line_and_key_and_contacts_nobody(lab,
     assert not (tmp_path / "runs").exists() and not (tmp_path / "backups").exists()
     proc = run_cli("scan", "-i", str(lab.inventory_path), "--limit", "mx1,nosuchhost", cwd=tmp_path)
     assert proc.returncode == 2 and "nosuchhost" in proc.stderr
+    reliability("hostile input",
+                "inventory: unknown key; --limit naming a missing host",
+                "exit 2 naming file, line and key",
+                "nothing contacted; no runs/ or backups/")
 
 
 def test_apply_without_a_terminal_needs_yes(lab, work):
@@ -181,7 +190,7 @@ def test_apply_without_a_terminal_needs_yes(lab, work):
     assert snapshot(lab.path("mx1", "/")) == before
 
 
-def test_unknown_host_key_is_refused_and_nothing_changes(lab, work, tmp_path):
+def test_unknown_host_key_is_refused_and_nothing_changes(lab, work, tmp_path, reliability):
     inv = tmp_path / "inventory.yaml"
     (tmp_path / "empty_known_hosts").write_text("")
     inv.write_text(lab.inventory_path.read_text().replace(str(lab.known_hosts),
@@ -192,9 +201,10 @@ def test_unknown_host_key_is_refused_and_nothing_changes(lab, work, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
     assert result["status"] == "unreachable" and "host key" in result["error"]
     assert snapshot(lab.path("mx1", "/")) == before
+    reliability("security", "unknown host key (apply)", "unreachable: host key unknown, never accepted", "untouched")
 
 
-def test_an_approved_plan_is_applied_as_planned_and_refused_where_the_host_changed_since(lab, work):
+def test_an_approved_plan_is_applied_as_planned_and_refused_where_the_host_changed_since(lab, work, reliability):
     for name in ("mx8", "mx9"):
         lab.reset(name)
     try:
@@ -217,6 +227,10 @@ def test_an_approved_plan_is_applied_as_planned_and_refused_where_the_host_chang
     finally:
         for name in ("mx8", "mx9"):
             lab.reset(name)
+    reliability("fault",
+                "host changed since the approved plan",
+                "stale plan refused for that host, the other applied",
+                "the stale host untouched")
 
 
 def test_a_failed_canary_keeps_the_rest_of_the_fleet_untouched(lab, work, tmp_path):
@@ -250,7 +264,7 @@ def test_a_probe_domain_the_host_serves_makes_the_scan_inconclusive_never_secure
     assert any(f"probe domain {secure.fqdn} is in the host's mydestination" in n for n in result["notes"])
 
 
-def test_a_held_lock_keeps_a_second_run_off_the_host_until_broken(lab, work, tmp_path):
+def test_a_held_lock_keeps_a_second_run_off_the_host_until_broken(lab, work, tmp_path, reliability):
     import time as _time
 
     lab.reset("mx9")
@@ -272,6 +286,10 @@ def test_a_held_lock_keeps_a_second_run_off_the_host_until_broken(lab, work, tmp
     assert '"lock_broken"' in (tmp_path / "runs" / run_id / "log.jsonl").read_text()
     assert not lock.exists()
     lab.reset("mx9")
+    reliability("fault",
+                "11 two runs at once (host lock held)",
+                "second run refused: locked by run ...",
+                "untouched until --break-lock")
 
 
 def test_policy_auth_all_refuses_every_unauthenticated_recipient(lab, work, tmp_path):

@@ -65,7 +65,7 @@ def assert_remediated(lab) -> None:
 
 
 @pytest.mark.parametrize("phase", ["backed_up", "written"])
-def test_sigkill_then_rollback_run_restores_byte_identical(lab, fresh, tmp_path, phase):
+def test_sigkill_then_rollback_run_restores_byte_identical(lab, fresh, tmp_path, phase, reliability):
     inventory, original = fresh
     killed = cli(inventory, tmp_path, "apply", "--yes", env={"REMEDIATE_FAULT": f"{phase}:kill"})
     assert killed.returncode == -signal.SIGKILL
@@ -87,9 +87,13 @@ def test_sigkill_then_rollback_run_restores_byte_identical(lab, fresh, tmp_path,
     again = cli(inventory, tmp_path, "apply", "--yes")
     assert again.returncode == 0, again.stdout + again.stderr   # no longer blocked, and it works
     assert_remediated(lab)
+    reliability("fault",
+                f"orchestrator SIGKILLed after {phase}",
+                "`status` shows the run INTERRUPTED; apply refused until `rollback --run` settles it",
+                "byte-identical, Postfix answering, no lock left; a later apply works")
 
 
-def test_sigkill_after_write_then_resume_finishes_the_run(lab, fresh, tmp_path):
+def test_sigkill_after_write_then_resume_finishes_the_run(lab, fresh, tmp_path, reliability):
     inventory, original = fresh
     killed = cli(inventory, tmp_path, "apply", "--yes", env={"REMEDIATE_FAULT": "written:kill"})
     assert killed.returncode == -signal.SIGKILL
@@ -101,9 +105,13 @@ def test_sigkill_after_write_then_resume_finishes_the_run(lab, fresh, tmp_path):
     assert_remediated(lab)
     assert journal_phases(tmp_path)[run_id][-1] == "done"
     assert "INTERRUPTED" not in run_cli("status", cwd=tmp_path).stdout
+    reliability("fault",
+                "orchestrator SIGKILLed after the write",
+                "`resume RUN_ID` finishes the run: changed",
+                "remediated and verified from outside")
 
 
-def test_link_cut_after_the_write_then_restored_and_rolled_back(lab, fresh, tmp_path):
+def test_link_cut_after_the_write_then_restored_and_rolled_back(lab, fresh, tmp_path, reliability):
     inventory, original = fresh
     gate = tmp_path / "go-on"
     proc = subprocess.Popen([sys.executable, "-m", "remediate", "apply", "--yes", "-i", str(inventory),
@@ -126,6 +134,10 @@ def test_link_cut_after_the_write_then_restored_and_rolled_back(lab, fresh, tmp_
     rolled = cli(inventory, tmp_path, "rollback", "--yes", "--run", run_id)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert_as_before(lab, original)
+    reliability("fault",
+                "5 link cut after the write, before reload",
+                "failed: ROLLBACK FAILED (host unreachable), with the `rollback --run` to use",
+                "restored byte-identical by `rollback --run` once the link is back")
 
 
 def _apply_once(lab, inventory, tmp_path) -> str:
@@ -134,25 +146,33 @@ def _apply_once(lab, inventory, tmp_path) -> str:
     return json.loads((tmp_path / "apply.json").read_text())["hosts"][0]["backup_id"]
 
 
-def test_rollback_works_when_the_local_store_is_gone(lab, fresh, tmp_path):
+def test_rollback_works_when_the_local_store_is_gone(lab, fresh, tmp_path, reliability):
     inventory, original = fresh
     _apply_once(lab, inventory, tmp_path)
     shutil.rmtree(tmp_path / "backups")
     rolled = cli(inventory, tmp_path, "rollback", "--yes")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert_as_before(lab, original)
+    reliability("fault",
+                "local backup store deleted",
+                "rollback restores from the copy on the host",
+                "byte-identical, Postfix answering")
 
 
-def test_rollback_works_when_the_copy_on_the_host_is_gone(lab, fresh, tmp_path):
+def test_rollback_works_when_the_copy_on_the_host_is_gone(lab, fresh, tmp_path, reliability):
     inventory, original = fresh
     run_id = _apply_once(lab, inventory, tmp_path)
     lab.exec(HOST, ["rm", "-rf", f"/var/backups/remediate/{run_id}"], check=True)
     rolled = cli(inventory, tmp_path, "rollback", "--yes", "--run", run_id)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert_as_before(lab, original)
+    reliability("fault",
+                "backup copy on the host deleted",
+                "rollback restores from the local copy",
+                "byte-identical, Postfix answering")
 
 
-def test_a_corrupt_backup_is_refused_naming_the_file_and_nothing_is_written(lab, fresh, tmp_path):
+def test_a_corrupt_backup_is_refused_naming_the_file_and_nothing_is_written(lab, fresh, tmp_path, reliability):
     inventory, original = fresh
     run_id = _apply_once(lab, inventory, tmp_path)
     local = tmp_path / "backups" / HOST / run_id / "files/etc/postfix/main.cf"
@@ -175,9 +195,13 @@ def test_a_corrupt_backup_is_refused_naming_the_file_and_nothing_is_written(lab,
     error = json.loads((tmp_path / "rb2.json").read_text())["hosts"][0]["error"]
     assert "/etc/postfix/main.cf" in error and "corrupt" in error
     assert snapshot(lab.path(HOST, "/")) == remediated, "a refused rollback must not write anything"
+    reliability("hostile input",
+                "corrupt backup copy (local; then both)",
+                "the corrupt copy refused naming the file, the intact one used; both corrupt: refused",
+                "byte-identical; when refused: nothing written")
 
 
-def test_sigterm_finishes_the_host_in_flight_and_starts_no_other(lab, tmp_path):
+def test_sigterm_finishes_the_host_in_flight_and_starts_no_other(lab, tmp_path, reliability):
     hosts = ["mx8", "mx9"]
     for name in hosts:
         lab.reset(name)
@@ -205,3 +229,7 @@ def test_sigterm_finishes_the_host_in_flight_and_starts_no_other(lab, tmp_path):
     finally:
         for name in hosts:
             lab.reset(name)
+    reliability("fault",
+                "SIGTERM during a fleet run",
+                "the host in flight finishes (changed), no new host starts (skipped)",
+                "mx8 remediated, mx9 untouched")

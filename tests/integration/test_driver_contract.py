@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, replace
 
 import pytest
+import structlog
 
 from remediate import mta
 from remediate.backup import BackupStore
@@ -140,7 +141,7 @@ def test_activate_then_restore_is_byte_identical_with_the_mta_answering(lab, cas
         verdict, _ = probe_until_secure(host, driver.probe_context(host, facts), policy.expect_local)
         assert verdict.status is Status.SECURE, verdict.reasons
         assert rcpt(host.address, FOREIGN) not in (250, 251)   # refused or deferred, as the policy allows
-        reinstate(shell, driver, store.contents(shell, manifest))   # what rollback does
+        reinstate(shell, driver, host, store.contents(shell, manifest), structlog.get_logger())   # as rollback does
         shell.remove(f"{shell.backup_root}/{manifest.run_id}", recursive=True)
     assert _state(lab, host, driver) == before
     again, result = outside_probe(host, driver.probe_context(host, None), policy.expect_local)

@@ -3,6 +3,7 @@ changed keys never."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def _fingerprint(lab, name: str) -> str:
                           check=True).stdout.split()[1]
 
 
-def test_unknown_keys_are_shown_and_written_only_when_asked(lab, tmp_path):
+def test_unknown_keys_are_shown_and_written_only_when_asked(lab, tmp_path, reliability):
     known = tmp_path / "known_hosts"
     inv = _inventory(lab, tmp_path, known)
     secure = next(h for h in lab.hosts if h.scenario == "secure")
@@ -35,9 +36,13 @@ def test_unknown_keys_are_shown_and_written_only_when_asked(lab, tmp_path):
     assert known.read_text().startswith(f"{secure.address} ssh-ed25519 ")
     scan = run_cli("scan", "-i", str(inv), "--limit", secure.name, cwd=tmp_path)
     assert scan.returncode == 0, scan.stdout + scan.stderr   # the tool now connects with the trusted key
+    reliability("security",
+                "unknown host key",
+                "refused; `hostkeys` shows the fingerprint, written only with --write --yes",
+                "untouched until trusted")
 
 
-def test_a_changed_key_is_reported_and_never_written(lab, tmp_path):
+def test_a_changed_key_is_reported_and_never_written(lab, tmp_path, reliability):
     a, b = lab.hosts[0], lab.hosts[1]
     other_key = next(line for line in lab.known_hosts.read_text().splitlines() if line.startswith(b.address + " "))
     known = tmp_path / "known_hosts"
@@ -48,4 +53,11 @@ def test_a_changed_key_is_reported_and_never_written(lab, tmp_path):
     assert proc.returncode == 1 and "changed" in proc.stdout
     assert known.read_text() == before
     apply = run_cli("apply", "--yes", "-i", str(inv), "--limit", a.name, "--report", "r.json", cwd=tmp_path)
-    assert apply.returncode == 1 and "does NOT match" in (tmp_path / "r.json").read_text()
+    error = json.loads((tmp_path / "r.json").read_text())["hosts"][0]["error"]
+    assert apply.returncode == 1 and "does NOT match" in error
+    # the message names the host and both fingerprints: what it offers (a's) and what known_hosts has (b's)
+    assert a.name in error and _fingerprint(lab, a.name) in error and _fingerprint(lab, b.name) in error, error
+    reliability("fault",
+                "2 host key changed",
+                "refused before authentication, naming the host and both fingerprints",
+                "untouched; known_hosts never rewritten")

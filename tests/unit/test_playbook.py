@@ -32,6 +32,10 @@ def test_the_postfix_playbook_loads_with_both_policies_and_real_transforms():
     assert pb.policies["relay-auth"].expect_local == "accept"
     assert pb.policies["auth-all"].expect_local == "refuse"
     assert pb.reload == (("postfix", "reload"),) and pb.check == (("postfix", "check"),)
+    # a reload that wedges the master is met by a restart, each step bounded (mail-domain.md section 9)
+    assert pb.restart.stop == (("postfix", "stop"),) and pb.restart.start == (("postfix", "start"),)
+    assert pb.restart.pidfile == "/var/spool/postfix/pid/master.pid" and pb.restart.kill_group
+    assert pb.restart.answer_timeout + pb.restart.command_timeout + pb.restart.stop_timeout <= 60
 
 
 def _broken(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
@@ -46,7 +50,11 @@ def _broken(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
 @pytest.mark.parametrize(("old", "new", "key"), [
     ("transform: secure_relay_restrictions}", "transform: smtpd_authentication_required}",
      "policies.relay-auth.transforms[0].transform"),
-    ("  - [postfix, reload]", "  - [postfix, reload]\nrestart: [[postfix, restart]]", "restart"),
+    ("  - [postfix, reload]", "  - [postfix, reload]\nreboot: [[postfix, reboot]]", "reboot"),
+    ("  stop_timeout: 5", "  stop_timeout: -5", "restart.stop_timeout"),
+    ("  stop_timeout: 5", "  stop_timeout: 5\n  stop_signal: KILL", "restart.stop_signal"),
+    ("  pidfile: /var/spool/postfix/pid/master.pid", "  pidfile: pid/master.pid", "restart.pidfile"),
+    ("  start: [[postfix, start]]", "  start: [postfix start]", "restart.start[0]"),
     ("{file: main_cf, transform: ensure_noanonymous,", "{file: main.cf, transform: ensure_noanonymous,",
      "policies.relay-auth.transforms[3].file"),
     ("expect_local: refuse", "expect_local: maybe", "policies.auth-all.expect_local"),

@@ -1,0 +1,166 @@
+"""Faults of the MTA itself, on the lab: each host ends remediated and verified, or exactly as it was with the
+MTA answering, in bounded time, and the report says what was escalated and why.
+
+Fault 14, an MTA wedged on reload: the `wedged-reload` host's `postfix reload` stops the master (port 25
+takes connections and never greets; a second reload and `postfix stop` hang), as a postlogd-logging Postfix
+does where the postlog socket is full (remediate/lab/fault_scenarios.py). Before the fix, apply waited out the
+verification (~86 s), then the rollback's reload hung for the whole command timeout and the host was left
+ROLLBACK FAILED, not answering, after 3.5 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.integration.checks import FOREIGN, rcpt, snapshot
+from tests.reliability import Stopwatch, lost_bytes
+
+#: "the host ends answering within about a minute of the first missed banner"
+ANSWERING_WITHIN = 60.0
+
+
+@pytest.fixture
+def wedged(lab, tmp_path):
+    """The wedged-reload host fresh in its scenario: (name, its original /etc/postfix, main.cf's bytes)."""
+    name = next(h.name for h in lab.hosts if h.scenario == "wedged-reload")
+    lab.reset(name)
+    original = {lab.path(name, "/etc/postfix/main.cf"): lab.path(name, "/etc/postfix/main.cf").read_bytes()}
+    yield name, snapshot(lab.path(name, "/")), original
+    lab.reset(name)
+
+
+def _run(lab, tmp_path: Path, name: str, *args: str) -> tuple[dict[str, object], float]:
+    with Stopwatch() as watch:
+        proc = run_cli(*args, "--yes", "-i", str(lab.inventory_path), "--limit", name, "--report", "r.json",
+                       cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return json.loads((tmp_path / "r.json").read_text())["hosts"][0], watch.seconds
+
+
+def _escalations(tmp_path: Path, run_id: str) -> list[dict[str, object]]:
+    log = (tmp_path / "runs" / run_id / "log.jsonl").read_text().splitlines()
+    return [event for event in map(json.loads, log) if event.get("event") == "mta_restarted"]
+
+
+def _answering(lab, name: str) -> bool:
+    host = lab.host(name)
+    return rcpt(host.address, f"postmaster@{host.fqdn}") == 250
+
+
+def test_a_reload_that_wedges_the_mta_is_escalated_to_a_restart_and_the_change_verified(
+        lab, wedged, tmp_path, reliability):
+    name, _, original = wedged
+    result, seconds = _run(lab, tmp_path, name, "apply")
+    assert result["status"] == "changed", result
+    note = next(n for n in result["notes"] if n.startswith("escalated to a restart"))
+    assert "no SMTP banner after activation" in note and "killed" in note, note   # what, and why
+    restarts = _escalations(tmp_path, str(result["backup_id"]))
+    assert len(restarts) == 1 and float(restarts[0]["seconds"]) <= ANSWERING_WITHIN, restarts
+    host = lab.host(name)
+    assert _answering(lab, name) and rcpt(host.address, FOREIGN) in (454, 554)   # remediated, verified
+    assert not lab.path(name, "/var/lib/remediate/lock.json").exists()
+    lost = lost_bytes(original, tmp_path / "backups" / name)
+    assert lost == 0
+    reliability("fault", "14 MTA wedged on reload (apply path)",
+                f"changed, verified; report: {note[:90]}...", "remediated, verified, SMTP answering "
+                f"{float(restarts[0]['seconds']):.0f} s after the missed banner", seconds, lost)
+
+
+def test_the_rollback_of_a_wedging_mta_restarts_it_and_restores_byte_identical(lab, wedged, tmp_path, reliability):
+    name, before, original = wedged
+    applied, _ = _run(lab, tmp_path, name, "apply")
+    assert applied["status"] == "changed", applied
+    result, seconds = _run(lab, tmp_path, name, "rollback")
+    assert result["status"] == "restored", result
+    assert any(n.startswith("escalated to a restart") for n in result["notes"]), result["notes"]
+    restarts = _escalations(tmp_path, json.loads((tmp_path / "r.json").read_text())["run_id"])
+    assert len(restarts) == 1 and float(restarts[0]["seconds"]) <= ANSWERING_WITHIN, restarts
+    assert snapshot(lab.path(name, "/")) == before, "not byte-identical after the rollback"
+    assert _answering(lab, name)
+    lost = lost_bytes(original, tmp_path / "backups" / name)
+    assert lost == 0
+    reliability("fault", "14 MTA wedged on reload (rollback command)", "restored; report says it escalated "
+                "to a restart", "byte-identical to before, SMTP answering "
+                f"{float(restarts[0]['seconds']):.0f} s after the missed banner", seconds, lost)
+
+
+def test_a_failed_verification_on_a_wedging_mta_rolls_back_through_a_restart_too(lab, wedged, tmp_path, reliability):
+    """The issue's exact case: verification fails and the rollback's own reload wedges (before: ROLLBACK
+    FAILED after 3.5 minutes, no SMTP service)."""
+    name, before, original = wedged
+    lab.exec(name, ["touch", "/run/lab-reload-reopens-relay"], check=True)
+    result, seconds = _run(lab, tmp_path, name, "apply")
+    assert result["status"] == "rolled_back", result
+    assert "verification probe after reload" in str(result["error"]), result["error"]
+    assert "MTA answering after restore" in result["notes"], result["notes"]
+    restarts = _escalations(tmp_path, str(result["backup_id"]))
+    assert len(restarts) == 2, restarts   # the apply's reload, then the rollback's
+    assert all(float(r["seconds"]) <= ANSWERING_WITHIN for r in restarts), restarts
+    assert snapshot(lab.path(name, "/")) == before, "not byte-identical after the rollback"
+    assert _answering(lab, name)
+    assert not lab.path(name, "/var/lib/remediate/lock.json").exists()
+    lost = lost_bytes(original, tmp_path / "backups" / name)
+    assert lost == 0
+    reliability("fault", "14 MTA wedged on reload, verification fails (apply's rollback path)",
+                "rolled_back; both escalations in the log and notes", "byte-identical to before, SMTP answering "
+                f"{max(float(r['seconds']) for r in restarts):.0f} s after each missed banner", seconds, lost)
+
+
+# --- faults 1 and 3: the host cannot be reached, or refuses the key -------------------------------------
+
+SPARE = "mx8"   # a spare open-relay host
+
+
+@pytest.fixture
+def spare(lab, tmp_path):
+    """SPARE fresh, its /etc/postfix, and an inventory with a 2 s connect timeout."""
+    lab.reset(SPARE)
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(lab.inventory_path.read_text().replace("  mta: postfix", "  mta: postfix\n"
+                                                                "  connect_timeout: 2"))
+    yield inventory, snapshot(lab.path(SPARE, "/"))
+    lab.restore(SPARE)
+    lab.reset(SPARE)
+
+
+@pytest.mark.parametrize("fault", ["sshd stopped (port closed)", "link cut (host times out)"])
+def test_an_unreachable_host_is_reported_after_bounded_retries_and_nothing_changes(lab, spare, tmp_path, fault,
+                                                                                    reliability):
+    inventory, before = spare
+    if fault.startswith("sshd"):
+        lab.service(SPARE, "sshd", "stop")
+    else:
+        lab.cut(SPARE)
+    with Stopwatch() as watch:
+        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", cwd=tmp_path)
+    lab.restore(SPARE)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    assert result["status"] == "unreachable" and "after 3 attempts" in result["error"], result
+    assert watch.seconds < 3 * 2 + 6 + 10, watch.seconds   # 3 attempts of 2 s, backoff, start-up
+    assert snapshot(lab.path(SPARE, "/")) == before
+    assert not (tmp_path / "backups").exists()
+    reliability("fault", f"1 SSH unreachable: {fault}", "unreachable after 3 attempts with backoff",
+                "untouched (byte-identical)", watch.seconds)
+
+
+def test_a_key_the_host_refuses_is_a_clear_error_not_retried(lab, spare, tmp_path, reliability):
+    inventory, before = spare
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    inventory.write_text(inventory.read_text().replace(str(lab.key_file), str(other)))
+    with Stopwatch() as watch:
+        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    assert result["status"] == "unreachable" and "authentication as root failed" in result["error"], result
+    assert "attempts" not in result["error"] and str(other) not in result["error"]
+    assert watch.seconds < 10, watch.seconds
+    assert snapshot(lab.path(SPARE, "/")) == before
+    reliability("fault", "3 wrong key", "unreachable: authentication failed (not retried, key path not shown)",
+                "untouched (byte-identical)", watch.seconds)
