@@ -338,7 +338,7 @@ def test_injected_streams_are_used_for_every_session(server_tls: ssl.SSLContext)
         return ChannelLike(socket.create_connection((address, port), timeout))
 
     result, server = run(Behaviour(tls=server_tls), connect=connect, source_address="198.51.100.7")
-    # 17 attempts (16 forms + postmaster), 6 per session before rotation = 3 sessions, + the STARTTLS one
+    # 18 attempts (nmap's 16 + postmaster@ and abuse@ foreign), 6 per session = 3 sessions, + the STARTTLS one
     assert len(opened) == server.accepted == 4
     assert result.source_address == "198.51.100.7"  # the stream cannot say, so the requested one
     assert any("cannot carry TLS" in e for e in result.errors)
