@@ -233,9 +233,8 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
     """Probe a live MTA from here. Never raises for network trouble (it lands in `errors`); raises ValueError
     for a malformed domain or HELO name. Runs nmap's 16 relay forms and `extra_forms` (own-domain senders:
     `own_domains`, default `local_domain`), reconnecting after drops or 421s."""
-    own = _own(own_domains, local_domain)
     check_names(probe_domain=probe_domain, local_domain=local_domain, helo=helo)
-    check_names(**{f"own_domains[{i}]": d for i, d in enumerate(own)})
+    own = _own(own_domains, local_domain)
     connect = connect or default_connect(source_address)
 
     def opener(context: ssl.SSLContext | None = None) -> _Opened:
@@ -282,10 +281,10 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
 
 
 def _own(own_domains: Sequence[str] | None, local_domain: str | None) -> tuple[str, ...]:
-    """The domains to forge a sender in: those given, else the local domain."""
-    if own_domains is not None:
-        return tuple(own_domains)
-    return (local_domain,) if local_domain else ()
+    """The domains to forge a sender in: those given, else the local domain. ValueError for a malformed one."""
+    own = tuple(own_domains) if own_domains is not None else (local_domain,) if local_domain else ()
+    check_names(**{f"own_domains[{i}]": d for i, d in enumerate(own)})
+    return own
 
 
 def _endpoint(stream: Stream, method: str) -> str | None:
@@ -307,9 +306,8 @@ def simulate(stream: Stream, *, xclient_addr: str | None = "203.0.113.9",
     no reconnect. No STARTTLS (the stream is a pipe): `tls_auth` stays None. The tests are the probe's
     (`relay_forms` without the `[IP]` forms, then `extra_forms`).
     """
-    own = _own(own_domains, local_domain)
     check_names(probe_domain=probe_domain, local_domain=local_domain, helo=helo)
-    check_names(**{f"own_domains[{i}]": d for i, d in enumerate(own)})
+    own = _own(own_domains, local_domain)
     session, errors = SmtpSession(stream, timeout=timeout), []
     banner = ehlo = anonymous = anon_relay = local = None
     caps = Capabilities((), False, False, None)

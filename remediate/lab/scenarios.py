@@ -108,6 +108,14 @@ def _main(fqdn: str, extra: str = "", mynetworks: str | None = None) -> str:
     return text + extra
 
 
+DEBIAN_RELAY = "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
+
+
+def _restrictions(fqdn: str, lines: str) -> str:
+    """Debian's main.cf with its smtpd_relay_restrictions line replaced by `lines`."""
+    return _main(fqdn).replace(DEBIAN_RELAY, lines)
+
+
 def _secure(fqdn: str, master: str) -> dict[str, str]:
     return {"/etc/postfix/main.cf": _main(fqdn), "/etc/postfix/master.cf": master}
 
@@ -130,10 +138,8 @@ def _master_override(fqdn: str, master: str) -> dict[str, str]:
 
 
 def _access_map(fqdn: str, master: str) -> dict[str, str]:
-    text = _main(fqdn).replace(
-        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
-        "smtpd_relay_restrictions = check_client_access cidr:/etc/postfix/client_access,\n"
-        "    permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination")
+    text = _restrictions(fqdn, "smtpd_relay_restrictions = check_client_access cidr:/etc/postfix/client_access,\n"
+                               "    permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination")
     return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master,
             "/etc/postfix/client_access": "# every client is OK: an open relay\n0.0.0.0/0 OK\n"}
 
@@ -147,20 +153,18 @@ def _messy(fqdn: str, master: str) -> dict[str, str]:
 
 def _sender_whitelist(fqdn: str, master: str) -> dict[str, str]:
     """Relay decided by the (forgeable) sender domain; the host serves acme.test but is not an MX."""
-    text = _main(fqdn).replace(
-        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
-        "smtpd_relay_restrictions = permit\nsmtpd_recipient_restrictions = reject_non_fqdn_recipient, "
-        "check_sender_access hash:/etc/postfix/allowed_senders, reject")
+    text = _restrictions(fqdn, "smtpd_relay_restrictions = permit\nsmtpd_recipient_restrictions = "
+                               "reject_non_fqdn_recipient, check_sender_access hash:/etc/postfix/allowed_senders, "
+                               "reject")
     text = text.replace("localhost.localdomain, localhost", "localhost.localdomain, localhost, acme.test")
     return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master,
             "/etc/postfix/allowed_senders": "acme.test OK\n"}
 
 
 def _recipient_whitelist(fqdn: str, master: str) -> dict[str, str]:
-    text = _main(fqdn).replace(
-        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
-        "smtpd_relay_restrictions =\nsmtpd_recipient_restrictions = check_recipient_access "
-        "regexp:/etc/postfix/recipient_checks.regexp, permit_mynetworks, reject_unauth_destination")
+    text = _restrictions(fqdn, "smtpd_relay_restrictions =\nsmtpd_recipient_restrictions = check_recipient_access "
+                               "regexp:/etc/postfix/recipient_checks.regexp, permit_mynetworks, "
+                               "reject_unauth_destination")
     return {"/etc/postfix/main.cf": text, "/etc/postfix/master.cf": master,
             "/etc/postfix/recipient_checks.regexp": "/^postmaster@/ OK\n/^abuse@/ OK\n"}
 
