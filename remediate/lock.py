@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from remediate.errors import CommandError, LockError, RemediateError
-from remediate.shell import Shell
+from remediate.shell import Read, Shell
 
 
 def acquire(shell: Shell, run_id: str, *, break_lock: bool = False, max_age: float = 3600,
@@ -43,7 +43,7 @@ def acquire(shell: Shell, run_id: str, *, break_lock: bool = False, max_age: flo
 
 def release(shell: Shell, run_id: str) -> None:
     """Remove the lock if (and only if) it is ours."""
-    if shell.exists(shell.lock_path) and _held(shell).get("run_id") == run_id:
+    if _held(shell).get("run_id") == run_id:
         shell.remove(shell.lock_path)
 
 
@@ -63,8 +63,6 @@ def held(shell: Shell, run_id: str, *, log: Any = None, **how: Any) -> Iterator[
 
 def clear_dead(shell: Shell, run_id: str, log: Any = None) -> bool:
     """Remove a lock that the (dead) run `run_id` left behind; True if there was one."""
-    if not shell.exists(shell.lock_path):
-        return False
     holder = _held(shell)
     if holder.get("run_id") != run_id or _live(holder):
         return False
@@ -75,8 +73,10 @@ def clear_dead(shell: Shell, run_id: str, log: Any = None) -> bool:
 
 
 def _held(shell: Shell) -> dict[str, Any]:
+    """The lock's holder ({} when there is no lock, or it cannot be read or parsed)."""
     try:
-        holder = json.loads(shell.read(shell.lock_path))
+        data = shell.gather([Read(shell.lock_path, missing_ok=True)])[0]
+        holder = json.loads(data) if data is not None else {}
     except (ValueError, CommandError):
         return {}
     return holder if isinstance(holder, dict) else {}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from remediate.backup import BackupStore, FileRecord, Manifest, restore
+from remediate.backup import BackupStore, FileRecord, Manifest, restore, sha256
 from remediate.errors import CommandError, CommandTimeout, DriverError, RemediateError, TransportError, ValidationError
 from remediate.journal import Journal
 from remediate.model import Host, HostResult, Phase, Status
@@ -56,6 +56,8 @@ class Txn:
     verdict: Verdict | None = None
     proof: str = ""          # what the verification probe proved, in words
     written: list[str] = field(default_factory=list)
+    #: the live files are the validated candidate, byte for byte (sha256 read back after this run's write)
+    confirmed: bool = False
     #: whether the outside probe before the change saw inbound mail for the host's domain accepted
     #: (None: not known, which counts as accepted: a refusal after the change is then a regression)
     inbound_before: bool | None = None
@@ -143,15 +145,21 @@ def back_up(ctx: HostContext, txn: Txn) -> None:
 
 
 def write(ctx: HostContext, txn: Txn) -> None:
+    """Write each changed file atomically; the sha256 read back on the host must be the candidate's."""
     assert txn.facts is not None and txn.cand is not None
     files = ctx.driver.playbook.files
     for name in txn.cand.changed:
         st = txn.facts.stats[name]
-        ctx.shell.write_atomic(files[name], txn.cand.data(name), mode=st.mode, uid=st.uid, gid=st.gid)
+        data = txn.cand.data(name)
+        digest = ctx.shell.write_atomic(files[name], data, mode=st.mode, uid=st.uid, gid=st.gid)
+        if digest != sha256(data):
+            raise ValidationError(f"{files[name]} reads back as sha256 {digest[:12] or 'nothing'}..., not the "
+                                  f"validated candidate's {sha256(data)[:12]}...")
+    txn.confirmed = True
 
 
 def check(ctx: HostContext, txn: Txn) -> None:
-    ctx.driver.check_live(ctx.shell)
+    ctx.driver.check_live(ctx.shell, validated=txn.confirmed)
 
 
 def activate(ctx: HostContext, txn: Txn) -> None:

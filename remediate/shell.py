@@ -13,11 +13,15 @@ connection or a command past its timeout raises `TransportError`.
 
 from __future__ import annotations
 
+import io
 import posixpath
-from collections.abc import Iterator, Sequence
+import secrets
+import shlex
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 
@@ -29,9 +33,26 @@ from remediate.transport import Connection, Local, Result
 ATOMIC_WRITE = (
     'set -eu; d=$(dirname -- "$1"); tmp=$(mktemp -- "$1.remediate.XXXXXX"); '
     'trap \'rm -f -- "$tmp"\' EXIT; cat > "$tmp"; chown -- "$3" "$tmp"; chmod -- "$2" "$tmp"; '
-    'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"'
+    'if [ -n "${4:-}" ]; then touch -m -d "$4" -- "$tmp"; fi; '
+    'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"; sha256sum -- "$1"'
 )
 CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
+# One round trip for many commands: each command's status and output sizes on a header line, then its
+# stdout and stderr, byte for byte (the sizes frame them; the boundary only guards the framing).
+GATHER = (
+    'o=$(mktemp); e=$(mktemp); trap \'rm -f -- "$o" "$e"\' EXIT; '
+    'run() { "$@" >"$o" 2>"$e" </dev/null; r=$?; '
+    'printf \'%s %d %d %d\\n\' "$B" "$r" "$(wc -c <"$o")" "$(wc -c <"$e")"; cat -- "$o" "$e"; }; '
+)
+# `cat` a file that may be absent: exit 3 (and no output) when it does not exist
+READ_IF_EXISTS = 'if [ -e "$1" ] || [ -L "$1" ]; then exec cat -- "$1"; else exit 3; fi'
+STAT_FORMAT = "%a %u %g %s %.9Y %U %G"
+# A private copy of a directory with some files replaced: copy (modes, owners, times kept), then the tar
+# archive on stdin over it (its members' modes, owners and times); prints the copy's path.
+PRIVATE_COPY = (
+    'set -eu; umask 077; d=$(mktemp -d -t "$1.XXXXXX"); cp -a -- "$2/." "$d"; '
+    'tar -x -p --same-owner --numeric-owner -f - -C "$d"; printf %s "$d"'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +69,32 @@ class FileStat:
     mtime_ns: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Gather a file's bytes (None when `missing_ok` and it does not exist)."""
+
+    path: str
+    missing_ok: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """Gather a file's `FileStat`."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Gather a command's `Result` (CommandError for a non-zero exit when `check`)."""
+
+    argv: tuple[str, ...]
+    check: bool = True
+
+
+Op = Read | Stat | Run
+
+
 class Shell(Protocol):
     """The primitives every room above the transport uses to touch a host."""
 
@@ -62,10 +109,14 @@ class Shell(Protocol):
     def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
             timeout: float | None = None) -> Result: ...
     def open_stream(self, argv: Sequence[str]) -> paramiko.Channel: ...
+    def gather(self, ops: Sequence[Op]) -> list[Any]: ...
+    def private_copy(self, prefix: str, source: str,
+                     files: Mapping[str, tuple[bytes, FileStat]]) -> AbstractContextManager[str]: ...
     def read(self, path: str) -> bytes: ...
     def exists(self, path: str) -> bool: ...
     def stat(self, path: str) -> FileStat: ...
-    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int) -> None: ...
+    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int,
+                     mtime_ns: int | None = None) -> str: ...
     def create_exclusive(self, path: str, data: bytes) -> bool: ...
     def mkdir(self, *paths: str, mode: int = 0o700) -> None: ...
     def sha256(self, paths: Sequence[str]) -> dict[str, str]: ...
@@ -109,6 +160,66 @@ class PosixShell:
         """Start argv with stdin/stdout as one byte stream (an MTA's own SMTP test session)."""
         return self.conn.open_stream(list(argv))
 
+    def gather(self, ops: Sequence[Op]) -> list[Any]:
+        """Every op in one remote round trip, in order: `Read` -> bytes (None when missing and `missing_ok`),
+        `Stat` -> FileStat, `Run` -> Result. CommandError for the first op that failed (a `Run` without
+        `check` never does); each op's command runs with stdin closed."""
+        if not ops:
+            return []
+        boundary = secrets.token_hex(16)
+        lines = [f"B={boundary}; " + GATHER]
+        for op in ops:
+            if isinstance(op, Read):
+                argv = ["sh", "-c", READ_IF_EXISTS, "sh", op.path] if op.missing_ok else ["cat", "--", op.path]
+            elif isinstance(op, Stat):
+                argv = ["stat", "-c", STAT_FORMAT, "--", op.path]
+            else:
+                argv = list(op.argv)
+            lines.append("run " + shlex.join(argv))
+        out = self.conn.run(["sh", "-c", "\n".join(lines)]).stdout
+        results: list[Any] = []
+        pos = 0
+        for op in ops:
+            end = out.index(b"\n", pos)
+            mark, rc, nout, nerr = out[pos:end].decode().split()
+            if mark != boundary:
+                raise CommandError(self.name, "gather", 1, "garbled output from the host")
+            body = end + 1
+            stdout, stderr = out[body:body + int(nout)], out[body + int(nout):body + int(nout) + int(nerr)]
+            pos = body + int(nout) + int(nerr)
+            results.append(self._gathered(op, Result(shlex.join(_argv(op)), int(rc), stdout, stderr)))
+        return results
+
+    def _gathered(self, op: Op, result: Result) -> Any:
+        if isinstance(op, Read) and op.missing_ok and result.rc == 3 and not result.stdout:
+            return None
+        if result.rc != 0 and (not isinstance(op, Run) or op.check):
+            raise CommandError(self.name, result.command, result.rc, result.err)
+        if isinstance(op, Read):
+            return result.stdout
+        if isinstance(op, Stat):
+            return _stat(result.out)
+        return result
+
+    @contextmanager
+    def private_copy(self, prefix: str, source: str, files: Mapping[str, tuple[bytes, FileStat]]) -> Iterator[str]:
+        """A private (0700) temporary copy of directory `source` (modes, owners and times kept) in which each
+        of `files` ({path relative to source: (bytes, stat)}) is replaced by the given bytes, with that
+        stat's mode, owner and modification time; one round trip. Removed with everything in it afterwards."""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel, (data, st) in files.items():
+                info = tarfile.TarInfo(posixpath.normpath(rel))
+                info.size, info.mode, info.uid, info.gid = len(data), st.mode, st.uid, st.gid
+                info.mtime = (st.mtime_ns / 10**9) if st.mtime_ns else st.mtime
+                tar.addfile(info, io.BytesIO(data))
+        path = self.conn.run(["sh", "-c", PRIVATE_COPY, "sh", prefix, source.rstrip("/") or "/"],
+                             input=archive.getvalue()).out.strip()
+        try:
+            yield path
+        finally:
+            self.conn.run(["rm", "-rf", "--", path], check=False)
+
     # ------------------------------------------------------------------ files
     def read(self, path: str) -> bytes:
         return self.conn.run(["cat", "--", path]).stdout
@@ -117,14 +228,16 @@ class PosixShell:
         return self.conn.run(["test", "-e", path], check=False).rc == 0
 
     def stat(self, path: str) -> FileStat:
-        out = self.conn.run(["stat", "-c", "%a %u %g %s %.9Y %U %G", "--", path]).out.split()
-        sec, _, frac = out[4].partition(".")
-        return FileStat(int(out[0], 8), int(out[1]), int(out[2]), int(out[3]), int(sec), out[5], out[6],
-                        int(sec) * 10**9 + int((frac or "0").ljust(9, "0")[:9]))
+        return _stat(self.conn.run(["stat", "-c", STAT_FORMAT, "--", path]).out)
 
-    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int) -> None:
-        """Replace `path` with `data`: temp file in the same directory, fsync, chmod/chown, rename."""
-        self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}"], input=data)
+    def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int,
+                     mtime_ns: int | None = None) -> str:
+        """Replace `path` with `data`: temp file in the same directory, chmod/chown (and the modification time
+        `mtime_ns`, nanoseconds since the epoch, when given), fsync, rename. Returns the sha256 (hex) of the
+        file now at `path`, read back on the host after the rename."""
+        when = "" if mtime_ns is None else "@{}.{:09d}".format(*divmod(mtime_ns, 10**9))
+        out = self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}", when], input=data).out
+        return out.split()[0].lstrip("\\") if out.split() else ""
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
         """Create `path` (mode 0600, parents made) only if it does not exist; False when it already did."""
@@ -205,6 +318,22 @@ class PosixShell:
             if start >= 0:
                 return line[start + 3:line.index('"', start + 3)]
         return None
+
+
+def _stat(text: str) -> FileStat:
+    """A FileStat from `stat -c STAT_FORMAT` output."""
+    out = text.split()
+    sec, _, frac = out[4].partition(".")
+    return FileStat(int(out[0], 8), int(out[1]), int(out[2]), int(out[3]), int(sec), out[5], out[6],
+                    int(sec) * 10**9 + int((frac or "0").ljust(9, "0")[:9]))
+
+
+def _argv(op: Op) -> list[str]:
+    if isinstance(op, Read):
+        return ["cat", "--", op.path]
+    if isinstance(op, Stat):
+        return ["stat", "--", op.path]
+    return list(op.argv)
 
 
 def connect(host: Host) -> PosixShell:

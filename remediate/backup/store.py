@@ -144,13 +144,12 @@ class BackupStore:
         _fsync_write(local / "manifest.json", manifest.to_json())
         remote = self.remote_dir(shell, run_id)
         try:
-            shell.mkdir(shell.backup_root, remote, f"{remote}/files")
-            for item in items:
-                target = f"{remote}/files{item.path}"
-                shell.mkdir(os.path.dirname(target))
-                shell.write_atomic(target, item.data, mode=0o600, uid=0, gid=0)
+            shell.mkdir(shell.backup_root, remote, f"{remote}/files",
+                        *dict.fromkeys(os.path.dirname(f"{remote}/files{i.path}") for i in items))
+            remote_sums = {f"{remote}/files{i.path}": shell.write_atomic(f"{remote}/files{i.path}", i.data,
+                                                                         mode=0o600, uid=0, gid=0)
+                           for i in items}
             shell.write_atomic(f"{remote}/manifest.json", manifest.to_json(), mode=0o600, uid=0, gid=0)
-            remote_sums = shell.sha256([f"{remote}/files{i.path}" for i in items]) if items else {}
         except CommandError as exc:
             raise BackupError(f"{shell.name}: could not store the backup on the host: {exc}") from exc
         for rec in records:
@@ -235,8 +234,9 @@ def restore(shell: Shell, records: dict[FileRecord, bytes]) -> list[str]:
             if (st.mode, st.uid, st.gid, st.mtime_ns or st.mtime * 10**9) == \
                     (rec.mode, rec.uid, rec.gid, rec.mtime_ns or rec.mtime * 10**9):
                 continue
+            shell.restore_metadata(rec.path, rec.stat)
         else:
-            shell.write_atomic(rec.path, data, mode=rec.mode, uid=rec.uid, gid=rec.gid)
-        shell.restore_metadata(rec.path, rec.stat)
+            shell.write_atomic(rec.path, data, mode=rec.mode, uid=rec.uid, gid=rec.gid,
+                               mtime_ns=rec.mtime_ns or rec.mtime * 10**9)
         written.append(rec.path)
     return written

@@ -30,6 +30,7 @@ import posixpath
 import shlex
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +40,7 @@ from remediate.backup import Saved, sha256
 from remediate.errors import CommandError, CommandTimeout, DriverError, PlanMismatch, ValidationError
 from remediate.model import Finding, Host, PlannedHost, ProbeContext
 from remediate.mta.playbook import PLAYBOOK_DIR, Playbook, Policy, Transform, fill, load_playbook, resolve_args
-from remediate.shell import FileStat, Shell, under
+from remediate.shell import FileStat, Op, Read, Run, Shell, Stat, under
 from remediate.smtp import ProbeResult
 from remediate.verdict import Verdict
 
@@ -131,7 +132,7 @@ class Driver(Protocol):
     def candidate(self, facts: Facts, host: Host, policy: Policy) -> Candidate: ...
     def validate(self, shell: Shell, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation: ...
     def backup_set(self, facts: Facts, cand: Candidate) -> list[Saved]: ...
-    def check_live(self, shell: Shell) -> None: ...
+    def check_live(self, shell: Shell, *, validated: bool = False) -> None: ...
     def activate(self, shell: Shell) -> None: ...
     def try_activate(self, shell: Shell) -> bool: ...
     def restart(self, shell: Shell) -> tuple[str, ...]: ...
@@ -172,10 +173,23 @@ class PlaybookDriver:
     def read(self, shell: Shell) -> Facts:
         """Every File (content and stat), every existing Derived file, and the fact commands' output."""
         pb = self.playbook
-        raw = {name: shell.read(path) for name, path in pb.files.items()}
-        stats = {name: shell.stat(path) for name, path in pb.files.items()}
-        derived = {path: (shell.read(path), shell.stat(path)) for path in pb.derived if shell.exists(path)}
-        outputs = {name: shell.run(argv).out.strip() for name, argv in pb.facts.items()}
+        ops: list[Op] = [op for path in pb.files.values() for op in (Read(path), Stat(path))]
+        ops += [op for path in pb.derived for op in (Read(path, missing_ok=True), Stat(path))]
+        got = iter(shell.gather([*ops, *(Run(tuple(argv), check=False) for argv in pb.facts.values())]))
+        raw: dict[str, bytes] = {}
+        stats: dict[str, FileStat] = {}
+        for name in pb.files:
+            raw[name], stats[name] = next(got), next(got)
+        derived: dict[str, tuple[bytes, FileStat]] = {}
+        for path in pb.derived:
+            data, st = next(got), next(got)
+            if data is not None:
+                derived[path] = (data, st)
+        outputs = {}
+        for name, result in zip(pb.facts, got, strict=True):
+            if result.rc != 0:
+                raise CommandError(shell.name, result.command, result.rc, result.err)
+            outputs[name] = result.out.strip()
         return Facts(raw, stats, outputs, derived)
 
     def with_originals(self, facts: Facts, originals: Mapping[str, bytes]) -> Facts:
@@ -266,33 +280,43 @@ class PlaybookDriver:
         Runs the playbook's validate commands on the live directory and on the copy: a failing command or a
         warning only the copy produces is a ValidationError. Then the driver's simulated outside session
         against the copy. The copy is removed in every case."""
-        pb = self.playbook
-        with shell.tempdir("remediate-validate") as tmp:
-            self.write_copy(shell, facts, cand, tmp)
-            for argv in pb.validate:
-                self._compare(shell, argv, tmp, host)
+        with self.private_copy(shell, facts, cand) as tmp:
+            self.run_validate(shell, tmp, host)
             return self.simulate(shell, tmp, host, policy)
 
-    def write_copy(self, shell: Shell, facts: Facts, cand: Candidate, tmp: str) -> None:
-        """The private copy: `config_dir` copied into `tmp`, then every changed file as the candidate has it."""
+    def private_copy(self, shell: Shell, facts: Facts, cand: Candidate) -> AbstractContextManager[str]:
+        """The private copy of `config_dir` with every changed file as the candidate has it (one round trip),
+        removed afterwards. Each changed file keeps the live file's mode, owner and modification time: Postfix
+        re-reads a file modified within the last second every 300 ms until it has "cooled down"
+        (dict_load_file, util/dict.c), which would cost each validation command ~2 s."""
         pb = self.playbook
-        shell.copy_tree(pb.config_dir, tmp)
-        for name in cand.changed:
-            st = facts.stats[name]
-            shell.write_atomic(private_path(pb.config_dir, tmp, pb.files[name]), cand.data(name), mode=st.mode,
-                               uid=st.uid, gid=st.gid)
+        files = {posixpath.relpath(private_path(pb.config_dir, "/copy", pb.files[name]), "/copy"):
+                 (cand.data(name), facts.stats[name]) for name in cand.changed}
+        return shell.private_copy("remediate-validate", pb.config_dir, files)
 
-    def _compare(self, shell: Shell, argv: tuple[str, ...], tmp: str, host: Host) -> None:
-        live_dir = self.playbook.config_dir
-        live = shell.run(fill(argv, dir=live_dir), check=False)
-        new = shell.run(fill(argv, dir=tmp), check=False)
-        if new.rc != 0:
-            raise ValidationError(f"{host.name}: `{' '.join(fill(argv, dir='<candidate>'))}` exited {new.rc} on "
-                                  f"the candidate: {new.err.strip()[-400:]}")
-        added = _warnings(new.err + new.out, live_dir, tmp) - _warnings(live.err + live.out, live_dir, tmp)
-        if added:
-            raise ValidationError(f"{host.name}: the candidate makes `{argv[0]}` warn: "
-                                  + " | ".join(sorted(added))[:600])
+    def run_validate(self, shell: Shell, tmp: str, host: Host) -> None:
+        """The playbook's validate commands on the copy `tmp`, in one round trip: each must exit 0 and warn only
+        where it also warns on the live directory (run there, in a second round trip, only when the copy
+        warns: the live baseline is not needed otherwise). ValidationError naming the command otherwise."""
+        pb = self.playbook
+        if not pb.validate:
+            return
+        on_copy = shell.gather([Run(tuple(fill(argv, dir=tmp)), check=False) for argv in pb.validate])
+        for argv, new in zip(pb.validate, on_copy, strict=True):
+            if new.rc != 0:
+                raise ValidationError(f"{host.name}: `{' '.join(fill(argv, dir='<candidate>'))}` exited {new.rc} "
+                                      f"on the candidate: {new.err.strip()[-400:]}")
+        warned = {argv: _warnings(new.err + new.out, pb.config_dir, tmp)
+                  for argv, new in zip(pb.validate, on_copy, strict=True)}
+        warned = {argv: found for argv, found in warned.items() if found}
+        if not warned:
+            return
+        on_live = shell.gather([Run(tuple(fill(argv, dir=pb.config_dir)), check=False) for argv in warned])
+        for (argv, found), live in zip(warned.items(), on_live, strict=True):
+            added = found - _warnings(live.err + live.out, pb.config_dir, tmp)
+            if added:
+                raise ValidationError(f"{host.name}: the candidate makes `{argv[0]}` warn: "
+                                      + " | ".join(sorted(added))[:600])
 
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
         """The MTA's own session against the configuration in `directory`, from a simulated outside client."""
@@ -305,10 +329,16 @@ class PlaybookDriver:
         derived = [Saved(path, data, st, "derived") for path, (data, st) in facts.derived.items()]
         return files + derived
 
-    def check_live(self, shell: Shell) -> None:
-        """The live configuration is sound (CommandError naming the command when it is not)."""
-        for argv in self.playbook.check:
-            shell.run(argv)
+    def check_live(self, shell: Shell, *, validated: bool = False) -> None:
+        """The live configuration is sound (CommandError naming the command when it is not). `validated`: the
+        live files are byte-identical with a candidate `validate` proved (the writer read their sha256 back),
+        so a check command that validation already ran on those bytes (a `validate` command with `{dir}` as
+        `config_dir`, e.g. `postfix -c /etc/postfix check`) is not run twice."""
+        pb = self.playbook
+        proved = {tuple(fill(argv, dir=pb.config_dir)) for argv in pb.validate} if validated else set()
+        for argv in pb.check:
+            if tuple(argv) not in proved:
+                shell.run(argv)
 
     def activate(self, shell: Shell) -> None:
         """Regenerate what derives from the configuration and reload the MTA (CommandError on failure;

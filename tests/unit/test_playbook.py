@@ -31,7 +31,10 @@ def test_the_postfix_playbook_loads_with_both_policies_and_real_transforms():
         assert all(step.fn is TRANSFORMS[step.transform] for step in policy.steps)
     assert pb.policies["relay-auth"].expect_local == "accept"
     assert pb.policies["auth-all"].expect_local == "refuse"
-    assert pb.reload == (("postfix", "reload"),) and pb.check == (("postfix", "check"),)
+    assert pb.reload == (("postfix", "reload"),) and pb.check == (("postfix", "-c", "/etc/postfix", "check"),)
+    # the live check is validation's `postfix check` on the live directory: after a write that read back
+    # as the validated candidate, apply does not run it twice
+    assert pb.check[0] in {tuple(fill(argv, dir=pb.config_dir)) for argv in pb.validate}
     # a reload that wedges the master is met by a restart, each step bounded (mail-domain.md section 9)
     assert pb.restart.stop == (("postfix", "stop"),) and pb.restart.start == (("postfix", "start"),)
     assert pb.restart.pidfile == "/var/spool/postfix/pid/master.pid" and pb.restart.kill_group

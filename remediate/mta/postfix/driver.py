@@ -22,7 +22,7 @@ from remediate.mta.playbook import Policy, Transform, fill
 from remediate.mta.postfix import rules
 from remediate.probe import HELO
 from remediate.probe import simulate as simulated_session
-from remediate.shell import Shell
+from remediate.shell import Read, Run, Shell
 from remediate.smtp import ProbeResult
 from remediate.verdict import Verdict, describe, judge, merged
 
@@ -67,11 +67,11 @@ class PostfixDriver(PlaybookDriver):
         kind, path, dirs = ([*facts.outputs.get("sasl", "").splitlines(), "", "", ""])[:3]
         mechanisms = ""
         if kind.strip() == "cyrus":
-            for directory in (dirs.split(":") if dirs.strip() else CYRUS_PATH):
-                conf = f"{directory.rstrip('/')}/{path.strip() or 'smtpd'}.conf"
-                if shell.exists(conf):
-                    mechanisms = rules.sasl_mechanisms(shell.read(conf).decode("utf-8", "replace"))
-                    break
+            confs = [f"{directory.rstrip('/')}/{path.strip() or 'smtpd'}.conf"
+                     for directory in (dirs.split(":") if dirs.strip() else CYRUS_PATH)]
+            found = [data for data in shell.gather([Read(conf, missing_ok=True) for conf in confs]) if data is not None]
+            if found:
+                mechanisms = rules.sasl_mechanisms(found[0].decode("utf-8", "replace"))
         return replace(facts, outputs={**facts.outputs, "sasl_mechanisms": mechanisms})
 
     def audit(self, texts: Mapping[str, str], host: Host,
@@ -102,17 +102,20 @@ class PostfixDriver(PlaybookDriver):
         sim = self.playbook.simulate
         if sim is None:
             raise NotImplementedError("the postfix playbook has no simulate block")
+        services, values, master_cf = shell.gather([
+            Run(("postconf", "-c", directory, "-P"), check=False),
+            Run(("postconf", "-c", directory, "-xh", "smtpd_relay_restrictions", "myhostname", "mydestination"),
+                check=False),
+            Read(f"{directory}/master.cf")])
         overrides: dict[str, list[str]] = {}
-        for line in shell.run(["postconf", "-c", directory, "-P"], check=False).out.splitlines():
+        for line in services.out.splitlines():
             key, sep, value = line.partition(" = ")
             if sep and key.count("/") == 2:
                 label, _, name = key.rpartition("/")
                 overrides.setdefault(label, []).append(f"{name}={value}")
-        values = shell.run(["postconf", "-c", directory, "-xh", "smtpd_relay_restrictions", "myhostname",
-                            "mydestination"], check=False).out.splitlines()
-        restrictions, myhostname, mydestination = [*values, "", "", ""][:3]
+        restrictions, myhostname, mydestination = [*values.out.splitlines(), "", "", ""][:3]
         local = host.mail_domain or myhostname.strip()
-        others = smtp_services(shell.read(f"{directory}/master.cf").decode("utf-8", "replace"))
+        others = smtp_services(master_cf.decode("utf-8", "replace"))
 
         def session(label: str, expect_local: str) -> tuple[ProbeResult, Verdict]:
             name, _, kind = label.partition("/")
