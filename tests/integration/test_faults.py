@@ -11,17 +11,36 @@ ROLLBACK FAILED, not answering, after 3.5 minutes.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from remediate.mta.playbook import PLAYBOOK_DIR
 from tests.conftest import run_cli
 from tests.integration.checks import FOREIGN, rcpt, snapshot
 from tests.reliability import Stopwatch, lost_bytes
 
 #: "the host ends answering within about a minute of the first missed banner"
 ANSWERING_WITHIN = 60.0
+#: The escalation is tested with the shipped playbook's steps and shorter waits (the shipped 20 s/15 s/5 s
+#: add up to under a minute: tests/unit/test_playbook.py), so the wedged paths take seconds, not minutes.
+SHORT_WAITS = {"answer_timeout": 8, "command_timeout": 8, "stop_timeout": 2}
+
+
+@pytest.fixture(scope="module")
+def quick_playbooks(tmp_path_factory) -> Path:
+    """The shipped playbooks, with SHORT_WAITS in postfix.yaml's restart block."""
+    directory = tmp_path_factory.mktemp("playbooks")
+    for source in PLAYBOOK_DIR.glob("*.yaml"):
+        text = source.read_text()
+        if source.name == "postfix.yaml":
+            for key, seconds in SHORT_WAITS.items():
+                text, count = re.subn(rf"(?m)^(  {key}:) *\d+", rf"\g<1> {seconds}", text)
+                assert count == 1, key
+        (directory / source.name).write_text(text)
+    return directory
 
 
 @pytest.fixture
@@ -34,10 +53,11 @@ def wedged(lab, tmp_path):
     lab.reset(name)
 
 
-def _run(lab, tmp_path: Path, name: str, *args: str) -> tuple[dict[str, object], float]:
+def _run(lab, tmp_path: Path, name: str, *args: str, playbooks: Path | None = None) -> tuple[dict[str, object], float]:
+    extra = ("--playbooks", str(playbooks)) if playbooks else ()
     with Stopwatch() as watch:
         proc = run_cli(*args, "--yes", "-i", str(lab.inventory_path), "--limit", name, "--report", "r.json",
-                       cwd=tmp_path)
+                       *extra, cwd=tmp_path)
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     return json.loads((tmp_path / "r.json").read_text())["hosts"][0], watch.seconds
 
@@ -53,9 +73,9 @@ def _answering(lab, name: str) -> bool:
 
 
 def test_a_reload_that_wedges_the_mta_is_escalated_to_a_restart_and_the_change_verified(
-        lab, wedged, tmp_path, reliability):
+        lab, wedged, tmp_path, reliability, quick_playbooks):
     name, _, original = wedged
-    result, seconds = _run(lab, tmp_path, name, "apply")
+    result, seconds = _run(lab, tmp_path, name, "apply", playbooks=quick_playbooks)
     assert result["status"] == "changed", result
     note = next(n for n in result["notes"] if n.startswith("escalated to a restart"))
     assert "no SMTP banner after activation" in note and "killed" in note, note   # what, and why
@@ -71,11 +91,12 @@ def test_a_reload_that_wedges_the_mta_is_escalated_to_a_restart_and_the_change_v
                 f"{float(restarts[0]['seconds']):.0f} s after the missed banner", seconds, lost)
 
 
-def test_the_rollback_of_a_wedging_mta_restarts_it_and_restores_byte_identical(lab, wedged, tmp_path, reliability):
+def test_the_rollback_of_a_wedging_mta_restarts_it_and_restores_byte_identical(lab, wedged, tmp_path, reliability,
+                                                                               quick_playbooks):
     name, before, original = wedged
-    applied, _ = _run(lab, tmp_path, name, "apply")
+    applied, _ = _run(lab, tmp_path, name, "apply", playbooks=quick_playbooks)
     assert applied["status"] == "changed", applied
-    result, seconds = _run(lab, tmp_path, name, "rollback")
+    result, seconds = _run(lab, tmp_path, name, "rollback", playbooks=quick_playbooks)
     assert result["status"] == "restored", result
     assert any(n.startswith("escalated to a restart") for n in result["notes"]), result["notes"]
     restarts = _escalations(tmp_path, json.loads((tmp_path / "r.json").read_text())["run_id"])
@@ -89,12 +110,13 @@ def test_the_rollback_of_a_wedging_mta_restarts_it_and_restores_byte_identical(l
                 f"{float(restarts[0]['seconds']):.0f} s after the missed banner", seconds, lost)
 
 
-def test_a_failed_verification_on_a_wedging_mta_rolls_back_through_a_restart_too(lab, wedged, tmp_path, reliability):
+def test_a_failed_verification_on_a_wedging_mta_rolls_back_through_a_restart_too(lab, wedged, tmp_path, reliability,
+                                                                                  quick_playbooks):
     """The issue's exact case: verification fails and the rollback's own reload wedges (before: ROLLBACK
     FAILED after 3.5 minutes, no SMTP service)."""
     name, before, original = wedged
     lab.exec(name, ["touch", "/run/lab-reload-reopens-relay"], check=True)
-    result, seconds = _run(lab, tmp_path, name, "apply")
+    result, seconds = _run(lab, tmp_path, name, "apply", playbooks=quick_playbooks)
     assert result["status"] == "rolled_back", result
     assert "verification probe after reload" in str(result["error"]), result["error"]
     assert "MTA answering after restore" in result["notes"], result["notes"]
