@@ -37,16 +37,21 @@ ATOMIC_WRITE = (
     'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"; sha256sum -- "$1"'
 )
 CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
-# One round trip for many commands: each command's status and output sizes on a header line, then its
-# stdout and stderr, byte for byte (the sizes frame them; the boundary only guards the framing).
-GATHER = (
-    'o=$(mktemp); e=$(mktemp); trap \'rm -f -- "$o" "$e"\' EXIT; '
-    'run() { "$@" >"$o" 2>"$e" </dev/null; r=$?; '
-    'printf \'%s %d %d %d\\n\' "$B" "$r" "$(wc -c <"$o")" "$(wc -c <"$e")"; cat -- "$o" "$e"; }; '
+# One round trip for many commands: each runs with its stdout and stderr in files of a private directory;
+# then the exit statuses, the files' sizes (one `wc -c`) and their bytes (one `cat`), each part after a
+# boundary line. The sizes frame the bytes; the boundary only guards the framing.
+GATHER_HEAD = (
+    'set -u; d=$(mktemp -d); trap \'rm -rf -- "$d"\' EXIT; n=0; '
+    'run() { n=$((n+1)); "$@" >"$d/$n.o" 2>"$d/$n.e" </dev/null; echo "$?" >>"$d/rc"; }'
+)
+GATHER_TAIL = (
+    'f=; i=1; while [ "$i" -le "$n" ]; do f="$f $d/$i.o $d/$i.e"; i=$((i+1)); done; '
+    'printf \'%s\\n\' "$B"; cat -- "$d/rc"; printf \'%s\\n\' "$B"; wc -c -- $f; printf \'%s\\n\' "$B"; cat -- $f'
 )
 # `cat` a file that may be absent: exit 3 (and no output) when it does not exist
 READ_IF_EXISTS = 'if [ -e "$1" ] || [ -L "$1" ]; then exec cat -- "$1"; else exit 3; fi'
 STAT_FORMAT = "%a %u %g %s %.9Y %U %G"
+STAT_IF_EXISTS = f'if [ -e "$1" ]; then exec stat -c "{STAT_FORMAT}" -- "$1"; else exit 3; fi'
 # A private copy of a directory with some files replaced: copy (modes, owners, times kept), then the tar
 # archive on stdin over it (its members' modes, owners and times); prints the copy's path.
 PRIVATE_COPY = (
@@ -79,9 +84,10 @@ class Read:
 
 @dataclass(frozen=True, slots=True)
 class Stat:
-    """Gather a file's `FileStat`."""
+    """Gather a file's `FileStat` (None when `missing_ok` and it does not exist)."""
 
     path: str
+    missing_ok: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,37 +167,42 @@ class PosixShell:
         return self.conn.open_stream(list(argv))
 
     def gather(self, ops: Sequence[Op]) -> list[Any]:
-        """Every op in one remote round trip, in order: `Read` -> bytes (None when missing and `missing_ok`),
-        `Stat` -> FileStat, `Run` -> Result. CommandError for the first op that failed (a `Run` without
+        """Every op in one remote round trip, in order: `Read` -> bytes, `Stat` -> FileStat (either None when
+        missing and `missing_ok`), `Run` -> Result. CommandError for the first op that failed (a `Run` without
         `check` never does); each op's command runs with stdin closed."""
         if not ops:
             return []
         boundary = secrets.token_hex(16)
-        lines = [f"B={boundary}; " + GATHER]
+        lines = [f"B={boundary}", GATHER_HEAD]
         for op in ops:
             if isinstance(op, Read):
                 argv = ["sh", "-c", READ_IF_EXISTS, "sh", op.path] if op.missing_ok else ["cat", "--", op.path]
             elif isinstance(op, Stat):
-                argv = ["stat", "-c", STAT_FORMAT, "--", op.path]
+                argv = ["sh", "-c", STAT_IF_EXISTS, "sh", op.path] if op.missing_ok else \
+                    ["stat", "-c", STAT_FORMAT, "--", op.path]
             else:
                 argv = list(op.argv)
             lines.append("run " + shlex.join(argv))
+        lines.append(GATHER_TAIL)
         out = self.conn.run(["sh", "-c", "\n".join(lines)]).stdout
-        results: list[Any] = []
-        pos = 0
-        for op in ops:
-            end = out.index(b"\n", pos)
-            mark, rc, nout, nerr = out[pos:end].decode().split()
-            if mark != boundary:
-                raise CommandError(self.name, "gather", 1, "garbled output from the host")
-            body = end + 1
-            stdout, stderr = out[body:body + int(nout)], out[body + int(nout):body + int(nout) + int(nerr)]
-            pos = body + int(nout) + int(nerr)
-            results.append(self._gathered(op, Result(shlex.join(_argv(op)), int(rc), stdout, stderr)))
+        mark = f"{boundary}\n".encode()
+        parts = out.split(mark, 3)
+        if len(parts) != 4 or parts[0]:
+            raise CommandError(self.name, "gather", 1, "garbled output from the host")
+        codes = parts[1].split()
+        sizes = [int(line.split()[0]) for line in parts[2].splitlines()[:2 * len(ops)]]
+        if len(codes) != len(ops) or len(sizes) != 2 * len(ops):
+            raise CommandError(self.name, "gather", 1, "garbled output from the host")
+        body, pos, results = parts[3], 0, []
+        for i, op in enumerate(ops):
+            nout, nerr = sizes[2 * i], sizes[2 * i + 1]
+            stdout, stderr = body[pos:pos + nout], body[pos + nout:pos + nout + nerr]
+            pos += nout + nerr
+            results.append(self._gathered(op, Result(shlex.join(_argv(op)), int(codes[i]), stdout, stderr)))
         return results
 
     def _gathered(self, op: Op, result: Result) -> Any:
-        if isinstance(op, Read) and op.missing_ok and result.rc == 3 and not result.stdout:
+        if isinstance(op, Read | Stat) and op.missing_ok and result.rc == 3 and not result.stdout:
             return None
         if result.rc != 0 and (not isinstance(op, Run) or op.check):
             raise CommandError(self.name, result.command, result.rc, result.err)

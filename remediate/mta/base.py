@@ -189,7 +189,7 @@ class PlaybookDriver:
         for name, result in zip(pb.facts, got, strict=True):
             if result.rc != 0:
                 raise CommandError(shell.name, result.command, result.rc, result.err)
-            outputs[name] = result.out.strip()
+            outputs[name] = result.out.rstrip("\n")   # one line per value: leading empty lines count
         return Facts(raw, stats, outputs, derived)
 
     def with_originals(self, facts: Facts, originals: Mapping[str, bytes]) -> Facts:

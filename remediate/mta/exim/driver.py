@@ -25,7 +25,7 @@ from remediate.mta.exim.syntax import exim_list_notation
 from remediate.mta.playbook import Policy, Transform, fill
 from remediate.probe import HELO
 from remediate.probe import simulate as simulated_session
-from remediate.shell import FileStat, Shell
+from remediate.shell import FileStat, Read, Run, Shell, Stat
 from remediate.verdict import describe, judge
 
 SPLIT = "dc_use_split_config"
@@ -57,11 +57,15 @@ class EximDriver(PlaybookDriver):
     def read(self, shell: Shell) -> Facts:
         """Like the default, but a file the host does not have reads as empty (and stays so)."""
         pb = self.playbook
-        present = {name for name, path in pb.files.items() if shell.exists(path)}
-        raw = {name: shell.read(path) if name in present else b"" for name, path in pb.files.items()}
-        stats = {name: shell.stat(path) if name in present else ABSENT for name, path in pb.files.items()}
-        derived = {path: (shell.read(path), shell.stat(path)) for path in pb.derived if shell.exists(path)}
-        outputs = {name: shell.run(argv, check=False).out.strip() for name, argv in pb.facts.items()}
+        paths = [*pb.files.values(), *pb.derived]
+        got = iter(shell.gather([*(op for path in paths for op in (Read(path, missing_ok=True),
+                                                                    Stat(path, missing_ok=True))),
+                                 *(Run(tuple(argv), check=False) for argv in pb.facts.values())]))
+        found = {path: (next(got), next(got)) for path in paths}
+        raw = {name: found[path][0] or b"" for name, path in pb.files.items()}
+        stats = {name: found[path][1] or ABSENT for name, path in pb.files.items()}
+        derived = {path: found[path] for path in pb.derived if found[path][0] is not None}
+        outputs = {name: result.out.strip() for name, result in zip(pb.facts, got, strict=True)}
         return Facts(raw, stats, outputs, derived)
 
     def live_files(self, facts: Facts) -> frozenset[str]:

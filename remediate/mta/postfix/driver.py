@@ -61,10 +61,17 @@ class PostfixDriver(PlaybookDriver):
                 "trusted_networks": [mynetworks_notation(n) for n in host.trusted_networks]}
 
     def read(self, shell: Shell) -> Facts:
-        """The playbook's files and facts, plus `sasl_mechanisms`: the Cyrus SASL mech_list smtpd uses
-        ("" when SASL is not Cyrus or no mech_list is set: every installed mechanism)."""
+        """The playbook's files and facts, the facts named by parameter (`settings`: relay_restrictions,
+        myhostname, sasl (type, path, config path: three lines); `domains`: mydestination, relay_domains,
+        expanded), plus `sasl_mechanisms`: the Cyrus SASL mech_list smtpd uses ("" when SASL is not Cyrus or
+        no mech_list is set: every installed mechanism)."""
         facts = super().read(shell)
-        kind, path, dirs = ([*facts.outputs.get("sasl", "").splitlines(), "", "", ""])[:3]
+        settings = [*facts.outputs.get("settings", "").split("\n"), "", "", "", "", ""][:5]
+        domains = [*facts.outputs.get("domains", "").split("\n"), "", ""][:2]
+        named = {"relay_restrictions": settings[0].strip(), "myhostname": settings[1].strip(),
+                 "sasl": "\n".join(line.strip() for line in settings[2:5]),
+                 "mydestination": domains[0].strip(), "relay_domains": domains[1].strip()}
+        kind, path, dirs = named["sasl"].split("\n")
         mechanisms = ""
         if kind.strip() == "cyrus":
             confs = [f"{directory.rstrip('/')}/{path.strip() or 'smtpd'}.conf"
@@ -72,7 +79,7 @@ class PostfixDriver(PlaybookDriver):
             found = [data for data in shell.gather([Read(conf, missing_ok=True) for conf in confs]) if data is not None]
             if found:
                 mechanisms = rules.sasl_mechanisms(found[0].decode("utf-8", "replace"))
-        return replace(facts, outputs={**facts.outputs, "sasl_mechanisms": mechanisms})
+        return replace(facts, outputs={**facts.outputs, **named, "sasl_mechanisms": mechanisms})
 
     def audit(self, texts: Mapping[str, str], host: Host,
               outputs: Mapping[str, str] = MappingProxyType({})) -> tuple[Finding, ...]:

@@ -1,0 +1,72 @@
+"""The shell's own commands, run on this machine (`PosixShell` over `transport.Local`): gather frames every
+op's bytes exactly, whatever they contain, and private_copy builds the copy a validation reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from remediate.errors import CommandError
+from remediate.model import Host
+from remediate.shell import FileStat, PosixShell, Read, Run, Stat
+from remediate.transport import Local
+
+
+@pytest.fixture(scope="module")
+def shell() -> PosixShell:
+    return PosixShell(Local(Host("local", "127.0.0.1")))
+
+
+def test_gather_returns_each_op_in_order_in_one_round_trip(shell, tmp_path, monkeypatch):
+    data = bytes(range(256)) * 3 + b"\n\n"          # every byte value, NULs and newlines included
+    (tmp_path / "a").write_bytes(data)
+    os.chmod(tmp_path / "a", 0o640)
+    calls = []
+    run = shell.conn.run
+    monkeypatch.setattr(shell.conn, "run", lambda argv, **kw: calls.append(argv) or run(argv, **kw))
+    got = shell.gather([Read(str(tmp_path / "a")), Stat(str(tmp_path / "a")),
+                        Run(("sh", "-c", "printf 'out'; printf 'err' >&2; exit 7"), check=False),
+                        Read(str(tmp_path / "absent"), missing_ok=True), Run(("printf", ""))])
+    assert len(calls) == 1
+    assert got[0] == data
+    assert isinstance(got[1], FileStat) and got[1].mode == 0o640 and got[1].size == len(data)
+    assert (got[2].rc, got[2].stdout, got[2].stderr) == (7, b"out", b"err")
+    assert got[3] is None and got[4].rc == 0 and got[4].stdout == b""
+
+
+def test_gather_raises_for_a_failed_checked_op_naming_the_command(shell, tmp_path):
+    with pytest.raises(CommandError, match="absent"):
+        shell.gather([Run(("true",)), Read(str(tmp_path / "absent"))])
+    with pytest.raises(CommandError, match="exit 3.* exited 3"):
+        shell.gather([Run(("sh", "-c", "exit 3"))])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=6))
+def test_gather_frames_arbitrary_outputs_exactly(shell, tmp_path_factory, blobs):
+    directory = tmp_path_factory.mktemp("blobs")
+    paths = []
+    for i, blob in enumerate(blobs):
+        (directory / str(i)).write_bytes(blob)
+        paths.append(str(directory / str(i)))
+    assert shell.gather([Read(p) for p in paths]) == blobs
+
+
+def test_private_copy_replaces_files_with_the_given_bytes_mode_and_time_and_is_removed(shell, tmp_path):
+    source = tmp_path / "etc"
+    source.mkdir()
+    (source / "main.cf").write_text("old\n")
+    (source / "other.cf").write_text("kept\n")
+    stat = FileStat(0o604, os.getuid(), os.getgid(), 0, 1_600_000_000, mtime_ns=1_600_000_000_123_456_789)
+    with shell.private_copy("remediate-test", str(source), {"main.cf": (b"new\n", stat)}) as copy:
+        copied = Path(copy)
+        assert copied != source and (copied / "other.cf").read_text() == "kept\n"
+        assert (copied / "main.cf").read_bytes() == b"new\n"
+        st_ = (copied / "main.cf").stat()
+        assert st_.st_mode & 0o777 == 0o604 and int(st_.st_mtime) == 1_600_000_000
+        assert (source / "main.cf").read_text() == "old\n"       # the live file is never written
+    assert not copied.exists()
