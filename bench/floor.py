@@ -8,7 +8,6 @@ this is the cost of the round trips and the reload alone, the bound a real tool 
     python3 bench/floor.py -i INVENTORY [--forks N] [--report FILE]
 
 Reads a remediate inventory (the lab writes one). Exit 0 when every host reloaded and answered SMTP.
-`relay_open()` is also the benchmark's quick relay check (one foreign RCPT).
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PROBE_SENDER = "bench@bench.example"
-PROBE_RECIPIENT = "relaytest@relaytest.example.net"   # a foreign domain: accepting it means relaying
+from relaycheck import relay_open
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +62,6 @@ def read_inventory(path: str | Path) -> list[Target]:
                               known_hosts=str(Path(str(merged["known_hosts"])).expanduser()),
                               become=bool(merged.get("become", False))))
     return targets
-
-
-def relay_open(address: str, port: int = 25, timeout: float = 15.0) -> bool:
-    """True when the SMTP server at address accepts a foreign recipient from here (then RSET, QUIT; no DATA).
-
-    Raises OSError / smtplib.SMTPException when it cannot be asked (no connection, no greeting)."""
-    with smtplib.SMTP(address, port, local_hostname="bench.example", timeout=timeout) as smtp:
-        smtp.ehlo()
-        code, _ = smtp.mail(PROBE_SENDER)
-        if code != 250:
-            return False
-        code, _ = smtp.rcpt(PROBE_RECIPIENT)
-        smtp.rset()
-        return code == 250
 
 
 def reload_and_probe(target: Target) -> FloorResult:

@@ -125,7 +125,7 @@ def write(data: dict[str, Any], out: Path) -> None:
         f"{meta['kernel']}, Python {meta['python']}); lab hosts share these cores with the tools.",
         f"remediate: {meta['remediate']}. {meta['ansible']}. {meta['nmap']}.",
         f"Command: `sudo {meta['command']}` ({meta['seconds'] / 60:.0f} min, resets and checks included).",
-        "Links: " + ", ".join(f"{link_name(int(d))} (ping RTT {rtt:.2f} ms)" for d, rtt in data["links"].items())
+        "Links: " + ", ".join(f"{link_name(int(d))} (TCP connect RTT {rtt:.2f} ms)" for d, rtt in data["links"].items())
         + ".", "",
         f"**Summary:** {summary(data)}", "",
         "## Targets", "", "| target | link | measured (ratio of medians) | |", "|---|---|---|---|",

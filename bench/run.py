@@ -199,7 +199,7 @@ class Bench:
             for delay in args.delays:
                 self.bed.set_delay(delay)
                 self.links[delay] = self.bed.rtt_ms()
-                print(f"link: {delay} ms each way, ping RTT {self.links[delay]:.2f} ms", flush=True)
+                print(f"link: {delay} ms each way, TCP connect RTT {self.links[delay]:.2f} ms", flush=True)
                 for n in args.sizes:
                     inv = self.bed.sub_inventory(n, self.work / f"inventory-{n}.yaml")
                     forks = args.forks or n

@@ -8,13 +8,16 @@ host's filesystem from scratch (same address and host key), which is the identic
 
 from __future__ import annotations
 
-import re
 import smtplib
+import socket
+import statistics
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from floor import read_inventory, relay_open
+from floor import read_inventory
+from relaycheck import relay_open
 
 SCENARIO = "open-relay"
 
@@ -97,12 +100,14 @@ class Testbed:
                     subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
         self.delay_ms = delay_ms
 
-    def rtt_ms(self) -> float:
-        """Average ping round trip to the first host, in ms."""
-        out = subprocess.run(["ping", "-n", "-q", "-c", "5", "-i", "0.2", self.lab.hosts[0].address],
-                             capture_output=True, text=True, check=True).stdout
-        match = re.search(r"= [\d.]+/([\d.]+)/", out)
-        return float(match.group(1)) if match else float("nan")
+    def rtt_ms(self, samples: int = 7) -> float:
+        """Median TCP connect time to the first host's sshd (one SYN / SYN-ACK round trip), in ms."""
+        times = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            with socket.create_connection((self.lab.hosts[0].address, 22), timeout=10):
+                times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
 
 
 def addresses(inventory: Path) -> dict[str, str]:
