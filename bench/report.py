@@ -125,7 +125,8 @@ def write(data: dict[str, Any], out: Path) -> None:
         f"{meta['kernel']}, Python {meta['python']}); lab hosts share these cores with the tools.",
         f"remediate: {meta['remediate']}. {meta['ansible']}. {meta['nmap']}.",
         f"Command: `sudo {meta['command']}` ({meta['seconds'] / 60:.0f} min, resets and checks included).",
-        "Links: " + ", ".join(f"{link_name(int(d))} (TCP connect RTT {rtt:.2f} ms)" for d, rtt in data["links"].items())
+        "Links: " + "; ".join(f"{link_name(int(d))}: TCP connect RTT {link['rtt_ms']:.2f} ms"
+                              + (f", {link['method']}" if int(d) else "") for d, link in data["links"].items())
         + ".", "",
         f"**Summary:** {summary(data)}", "",
         "## Targets", "", "| target | link | measured (ratio of medians) | |", "|---|---|---|---|",
@@ -151,7 +152,7 @@ def write(data: dict[str, Any], out: Path) -> None:
         "peak RSS is the largest single process of the tree (ru_maxrss). Every tool gets the same parallelism "
         "(forks = N). The playbook sets the parameters remediate's plan sets "
         f"({', '.join(f'`{k} = {v}`' for k, v in data['params'].items()) or 'n/a'}), with pipelining and "
-        "ControlPersist on. The delayed link is tc netem on both ends of every host's veth.", "",
+        "ControlPersist on.", "",
     ]
     (out / "RESULTS.md").write_text("\n".join(text))
 

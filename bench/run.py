@@ -15,8 +15,9 @@ Resets and checks are not timed. Each timed command reports wall seconds, CPU se
 (os.wait4 / RUSAGE_CHILDREN) and peak RSS. Writes bench/results.json, bench/RESULTS.md and
 bench/scaling.png (`--render results.json` rewrites the last two without a lab).
 
-Needs root (the lab), nmap, and `pip install -e '.[bench]'` (ansible-core, matplotlib). Only one lab
-workload should run on a machine at a time: wrap it in `flock /work/lab.lock ...` where labs are shared.
+Needs root (the lab), nmap, `pip install -e '.[bench]'` (ansible-core, matplotlib), and tc netem, or
+iptables where the kernel has no netem (bench/delayline.py). Only one lab workload should run on a
+machine at a time: wrap it in `flock /work/lab.lock ...` where labs are shared.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Bench:
         self.bed = Testbed(args.state_dir, args.subnet, args.prefix)
         self.runs: list[dict[str, object]] = []
         self.verdicts: list[dict[str, object]] = []
-        self.links: dict[int, float] = {}
+        self.links: dict[int, dict[str, object]] = {}
         self.params: dict[str, str] = {}
         self.seq = 0
 
@@ -103,6 +104,7 @@ class Bench:
         return path
 
     def record(self, m: Measurement, **fields: object) -> None:
+        self.bed.check_delay()
         row = {**fields, **asdict(m)}
         self.runs.append(row)
         ok = "ok" if row.get("ok") else "FAILED: " + str(row.get("why"))
@@ -198,8 +200,9 @@ class Bench:
                 self.plan_parameters()
             for delay in args.delays:
                 self.bed.set_delay(delay)
-                self.links[delay] = self.bed.rtt_ms()
-                print(f"link: {delay} ms each way, TCP connect RTT {self.links[delay]:.2f} ms", flush=True)
+                self.links[delay] = {"rtt_ms": round(self.bed.rtt_ms(), 2), "method": self.bed.delay_method}
+                print(f"link: {delay} ms each way ({self.bed.delay_method}), TCP connect RTT "
+                      f"{self.links[delay]['rtt_ms']:.2f} ms", flush=True)
                 for n in args.sizes:
                     inv = self.bed.sub_inventory(n, self.work / f"inventory-{n}.yaml")
                     forks = args.forks or n

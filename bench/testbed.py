@@ -12,6 +12,7 @@ import smtplib
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,9 @@ class Testbed:
 
         self.state_dir, self.subnet, self.prefix = state_dir, subnet, prefix
         self.lab = Lab(state_dir)
-        self.delay_ms = 0
+        self.nfqueue = 94
+        self.delay_ms, self.delay_method, self.netem_on = 0, "none", False
+        self.delayline: subprocess.Popen[bytes] | None = None
 
     @property
     def inventory(self) -> Path:
@@ -48,8 +51,7 @@ class Testbed:
 
     def down(self) -> None:
         """Remove the netem qdiscs this bench added, then the lab (idempotent)."""
-        if self.lab.hosts:
-            self.set_delay(0)
+        self._clear_delay()
         self.lab.down()
 
     def sub_inventory(self, count: int, path: Path) -> Path:
@@ -88,17 +90,74 @@ class Testbed:
 
     # ----------------------------------------------------------------- the link
     def set_delay(self, delay_ms: int) -> None:
-        """netem `delay_ms` on both ends of every host's link (bridge-side veth and the host's eth0), so the
-        round trip grows by 2 x delay_ms; 0 removes the qdiscs."""
-        for h in self.lab.hosts:
-            for prefix in ([], ["ip", "netns", "exec", h.netns]):
-                dev = "eth0" if prefix else h.veth
-                if delay_ms:
-                    subprocess.run([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay",
-                                    f"{delay_ms}ms", "limit", "10000"], check=True, capture_output=True)
-                else:
-                    subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
+        """Add `delay_ms` in each direction between this machine and every lab host (the round trip grows
+        by 2 x delay_ms); 0 removes it. With tc netem: a netem qdisc on both ends of every host's link (the
+        bridge-side veth and the host's eth0). Without netem in the kernel: iptables sends the lab's traffic
+        in both directions (OUTPUT to the bridge, INPUT from it) through an NFQUEUE delay line
+        (bench/delayline.py)."""
+        self._clear_delay()
+        if not delay_ms:
+            return
+        if self._netem(delay_ms):
+            self.delay_method = "tc netem on both ends of each host's veth"
+        else:
+            self._start_delayline(delay_ms)
+            self.delay_method = "NFQUEUE delay line (bench/delayline.py; this kernel has no netem)"
         self.delay_ms = delay_ms
+
+    def _netem(self, delay_ms: int) -> bool:
+        for h in self.lab.hosts:
+            for prefix, dev in (([], h.veth), (["ip", "netns", "exec", h.netns], "eth0")):
+                proc = subprocess.run([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay",
+                                       f"{delay_ms}ms", "limit", "10000"], capture_output=True, text=True)
+                if proc.returncode:
+                    if "unknown" in proc.stderr and h is self.lab.hosts[0] and not prefix:
+                        return False
+                    raise RuntimeError(f"tc netem on {dev}: {proc.stderr.strip()}")
+        self.netem_on = True
+        return True
+
+    def _rules(self) -> list[list[str]]:
+        q = ["-j", "NFQUEUE", "--queue-num", str(self.nfqueue), "--queue-bypass"]
+        return [["OUTPUT", "-o", self.lab.bridge, "-d", self.subnet, *q],
+                ["INPUT", "-i", self.lab.bridge, "-s", self.subnet, *q]]
+
+    def _start_delayline(self, delay_ms: int) -> None:
+        ready = Path(self.state_dir) / "delayline.ready"
+        ready.unlink(missing_ok=True)
+        self.delayline = subprocess.Popen([sys.executable, str(Path(__file__).with_name("delayline.py")),
+                                           "--queue", str(self.nfqueue), "--delay-ms", str(delay_ms),
+                                           "--ready", str(ready)], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            if self.delayline.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the delay line did not start (is NFQUEUE in this kernel?)")
+            time.sleep(0.05)
+        for rule in self._rules():
+            subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+
+    def check_delay(self) -> None:
+        """Raise when the delay line died (its --queue-bypass rules would pass packets undelayed)."""
+        if self.delayline is not None and self.delayline.poll() is not None:
+            raise RuntimeError(f"the delay line exited ({self.delayline.returncode}): the link is not delayed")
+
+    def _clear_delay(self) -> None:
+        if self.netem_on:
+            for h in self.lab.hosts:
+                subprocess.run(["tc", "qdisc", "del", "dev", h.veth, "root"], capture_output=True)
+                subprocess.run(["ip", "netns", "exec", h.netns, "tc", "qdisc", "del", "dev", "eth0", "root"],
+                               capture_output=True)
+            self.netem_on = False
+        if self.lab.hosts:   # a rule left by a crashed run is removed too
+            for rule in self._rules():
+                while subprocess.run(["iptables", "-D", *rule], capture_output=True).returncode == 0:
+                    pass
+        if self.delayline is not None:
+            time.sleep(2 * self.delay_ms / 1000 + 0.2)   # let the packets it holds go first
+            self.delayline.terminate()
+            self.delayline.wait(timeout=10)
+            self.delayline = None
+        self.delay_ms, self.delay_method = 0, "none"
 
     def rtt_ms(self, samples: int = 7) -> float:
         """Median TCP connect time to the first host's sshd (one SYN / SYN-ACK round trip), in ms."""
