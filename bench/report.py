@@ -52,21 +52,25 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         for delay in (0, 25):
             r = ratio(runs, "apply", n, delay, "remediate", "floor")
             rows.append((f"apply, {n} hosts: within 3x the floor", link_name(delay),
-                         f"remediate/floor {fmt(r)}x", _met(r, r is not None and r <= 3)))
+                         _x("remediate/floor", r), _met(r, r is not None and r <= 3)))
             r = ratio(runs, "apply", n, delay, "ansible", "remediate")
             rows.append((f"apply, {n} hosts: at least 5x faster than Ansible", link_name(delay),
-                         f"Ansible/remediate {fmt(r)}x", _met(r, r is not None and r >= 5)))
+                         _x("Ansible/remediate", r), _met(r, r is not None and r >= 5)))
     r = ratio(runs, "scan", 20, 0, "remediate", "nmap")
-    rows.append(("scan, 20 hosts: no slower than 1.5x nmap", link_name(0), f"remediate/nmap {fmt(r)}x",
+    rows.append(("scan, 20 hosts: no slower than 1.5x nmap", link_name(0), _x("remediate/nmap", r),
                  _met(r, r is not None and r <= 1.5)))
     r = ratio(runs, "scan", 20, 25, "nmap", "remediate")
-    rows.append(("scan, 20 hosts: at least 3x faster than nmap", link_name(25), f"nmap/remediate {fmt(r)}x",
+    rows.append(("scan, 20 hosts: at least 3x faster than nmap", link_name(25), _x("nmap/remediate", r),
                  _met(r, r is not None and r >= 3)))
     checks = [v for v in data["verdicts"] if v["hosts"] == 20]
     same = all(v["identical"] for v in checks)
     rows.append(("scan, 20 hosts: identical relay verdicts", "both", f"{sum(v['identical'] for v in checks)}/"
                  f"{len(checks)} runs identical", "not measured" if not checks else ("met" if same else "MISSED")))
     return rows
+
+
+def _x(what: str, value: float | None) -> str:
+    return "-" if value is None else f"{what} {value:.2f}x"
 
 
 def _met(value: float | None, ok: bool) -> str:
@@ -113,6 +117,26 @@ def table(data: dict[str, Any], section: str) -> list[str]:
     return lines
 
 
+def breakdown(data: dict[str, Any]) -> list[str]:
+    """Median seconds per remediate phase and per Ansible task, at the main size, per link."""
+    n, lines = data["meta"]["main_size"], []
+    for tool, what in (("remediate", "phase (median over hosts, then over runs; `locked` counts from the start: "
+                                     "connect, detect, read, probe, simulate)"),
+                       ("ansible", "task (all hosts, linear strategy; median over runs)")):
+        cols = data["meta"]["delays"]
+        rows: dict[str, list[str]] = {}
+        for i, delay in enumerate(cols):
+            runs = select(data["runs"], section="apply", hosts=n, delay_ms=delay, tool=tool)
+            for name in dict.fromkeys(k for r in runs for k in (r.get("phases") or {})):
+                values = [r["phases"][name] for r in runs if name in (r.get("phases") or {})]
+                rows.setdefault(name, ["n/a"] * len(cols))[i] = fmt(statistics.median(values))
+        if rows:
+            lines += [f"{LABEL[tool]} apply at {n} hosts, seconds per {what}:", "",
+                      "| | " + " | ".join(link_name(d) for d in cols) + " |", "|---" * (len(cols) + 1) + "|",
+                      *[f"| {name} | " + " | ".join(v) + " |" for name, v in rows.items()], ""]
+    return lines
+
+
 def write(data: dict[str, Any], out: Path) -> None:
     meta = data["meta"]
     plotted = plot(data, out / "scaling.png")
@@ -124,7 +148,8 @@ def write(data: dict[str, Any], out: Path) -> None:
         f"Measured {meta['date']} on **{meta['cores']} cores** ({meta['cpu']}, {meta['mem_mib']} MiB RAM, Linux "
         f"{meta['kernel']}, Python {meta['python']}); lab hosts share these cores with the tools.",
         f"remediate: {meta['remediate']}. {meta['ansible']}. {meta['nmap']}.",
-        f"Command: `sudo {meta['command']}` ({meta['seconds'] / 60:.0f} min, resets and checks included).",
+        f"Command: `sudo {meta['command']}` ({meta['seconds'] / 60:.0f} min in all; untimed: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in meta.get("untimed_seconds", {}).items()) + ").",
         "Links: " + "; ".join(f"{link_name(int(d))}: TCP connect RTT {link['rtt_ms']:.2f} ms"
                               + (f", {link['method']}" if int(d) else "") for d, link in data["links"].items())
         + ".", "",
@@ -135,6 +160,7 @@ def write(data: dict[str, Any], out: Path) -> None:
         *table(data, "apply"), "",
         "Ansible/remediate wall-time ratio per pair:", "", "| hosts | link | Ansible / remediate |", "|---|---|---|",
         *ansible_vs, "",
+        "## Where the time goes", "", *breakdown(data),
         "## Scan: `remediate scan --forks N` vs `nmap -n -Pn -p25 --script smtp-open-relay`", "",
         *table(data, "scan"), "",
         "Relay verdicts, host by host (even hosts fixed by remediate before the scans, odd hosts open): "

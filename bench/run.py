@@ -95,6 +95,7 @@ class Bench:
         self.links: dict[int, dict[str, object]] = {}
         self.params: dict[str, str] = {}
         self.seq = 0
+        self.overhead: dict[str, float] = {}   # untimed seconds: resets, checks
 
     # ----------------------------------------------------------------- helpers
     def dir(self, label: str) -> Path:
@@ -113,14 +114,18 @@ class Bench:
               flush=True)
 
     def reset(self, n: int) -> None:
+        start = time.monotonic()
         self.bed.reset(self.bed.names[:n])
+        self.overhead["reset"] = self.overhead.get("reset", 0.0) + time.monotonic() - start
         time.sleep(self.args.settle)
 
     def all_secure(self, inventory: Path, d: Path) -> str | None:
         """None when nmap finds no open relay on any host of `inventory`; else why not."""
         addrs = addresses(inventory)
         xml = d / "check.xml"
+        start = time.monotonic()
         subprocess.run(tools.nmap(list(addrs.values()), xml), check=True, capture_output=True)
+        self.overhead["nmap check"] = self.overhead.get("nmap check", 0.0) + time.monotonic() - start
         found = tools.nmap_verdicts(xml)
         bad = {name: found.get(a) for name, a in addrs.items() if found.get(a) is not False}
         return f"nmap after the run: {bad}" if bad else None
@@ -144,14 +149,14 @@ class Bench:
         why = (f"exit {m.rc}" if m.rc else None) or (
             None if statuses and set(statuses.values()) == {"changed"} else f"statuses {statuses}")
         why = why or self.all_secure(inv, d)
-        self.record(m, **base, tool="remediate", ok=why is None, why=why)
+        self.record(m, **base, tool="remediate", ok=why is None, why=why, phases=tools.apply_phases(d))
 
         self.reset(n)
         d = self.dir(f"apply-ansible-n{n}-d{delay}")
         argv, env = tools.ansible(inv, forks, self.params, d, backup_id=d.name)
         m = timed(argv, cwd=d, log=d / "log", env=env, daemon_marker=str(d / "cp"))
         why = (f"exit {m.rc}" if m.rc else None) or self.all_secure(inv, d)
-        self.record(m, **base, tool="ansible", ok=why is None, why=why)
+        self.record(m, **base, tool="ansible", ok=why is None, why=why, phases=tools.ansible_tasks(d))
 
     def floor_round(self, n: int, delay: int, pair: int, inv: Path, forks: int) -> None:
         d = self.dir(f"floor-n{n}-d{delay}")
@@ -252,7 +257,8 @@ class Bench:
                 "nmap": version(["nmap", "--version"]),
                 "command": "python3 bench/run.py " + " ".join(sys.argv[1:]), "seconds": round(seconds),
                 "pairs": self.args.pairs, "sizes": self.args.sizes, "main_size": self.args.hosts,
-                "delays": self.args.delays, "sections": self.args.sections, "note": self.args.note}
+                "delays": self.args.delays, "sections": self.args.sections, "note": self.args.note,
+                "untimed_seconds": {k: round(v) for k, v in self.overhead.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

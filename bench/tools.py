@@ -67,6 +67,40 @@ def scan_verdicts(report: Path) -> dict[str, bool | None]:
     return verdicts
 
 
+PHASES = ("locked", "backed_up", "written", "validated", "reloaded", "verified", "done")
+
+
+def apply_phases(run_dir: Path) -> dict[str, float]:
+    """Median seconds per phase over the hosts of one `remediate apply` (from its journal): `locked` counts
+    from the run's start (connect, detect, read, probe, simulate), each later phase from the one before."""
+    from statistics import median
+
+    per: dict[str, list[float]] = {}
+    for journal in run_dir.glob("runs/*/journal.jsonl"):
+        rows = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+        start = next((r["ts"] for r in rows if r.get("event") == "run_started"), None)
+        hosts: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if r.get("event") == "phase" and r.get("phase") in PHASES:
+                hosts.setdefault(r["host"], {})[r["phase"]] = r["ts"]
+        for seen in hosts.values():
+            before = start
+            for phase in PHASES:
+                if phase in seen and before is not None:
+                    per.setdefault(phase, []).append(seen[phase] - before)
+                    before = seen[phase]
+    return {phase: round(median(values), 3) for phase, values in per.items()}
+
+
+def ansible_tasks(workdir: Path) -> dict[str, float]:
+    """Seconds per task of one ansible-playbook run (a task name seen twice is summed)."""
+    path = workdir / "tasks.json"
+    tasks: dict[str, float] = {}
+    for name, seconds in json.loads(path.read_text())["tasks"] if path.exists() else []:
+        tasks[name] = round(tasks.get(name, 0.0) + seconds, 3)
+    return tasks
+
+
 def apply_statuses(report: Path) -> dict[str, str]:
     return {h["name"]: h["status"] for h in json.loads(report.read_text())["hosts"]}
 
@@ -123,10 +157,11 @@ def ansible(inventory: Path, forks: int, params: dict[str, str], workdir: Path,
     (workdir / "cp").mkdir(parents=True, exist_ok=True)
     (workdir / "hosts.json").write_text(json.dumps({"mail": {"hosts": hosts}}, indent=1))
     cfg = (ANSIBLE_DIR / "ansible.cfg.in").read_text().format(
-        inventory=workdir / "hosts.json", forks=forks, workdir=workdir)
+        inventory=workdir / "hosts.json", forks=forks, workdir=workdir, callbacks=ANSIBLE_DIR / "callback_plugins")
     (workdir / "ansible.cfg").write_text(cfg)
     (workdir / "vars.json").write_text(json.dumps({"postfix_params": params, "backup_id": backup_id}))
     env = {**os.environ, "ANSIBLE_CONFIG": str(workdir / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_HOME": str(workdir / "ansible-home")}
+           "ANSIBLE_HOME": str(workdir / "ansible-home"),
+           "BENCH_ANSIBLE_TIMING": str(workdir / "tasks.json")}
     argv = [ansible_playbook_path(), str(ANSIBLE_DIR / "playbook.yaml"), "-e", f"@{workdir / 'vars.json'}"]
     return argv, env
