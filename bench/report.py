@@ -186,7 +186,8 @@ def write(data: dict[str, Any], out: Path) -> None:
 def plot(data: dict[str, Any], path: Path) -> Path | None:
     """Median wall time against hosts: apply (remediate, Ansible, floor) and scan (remediate, nmap)."""
     meta = data["meta"]
-    if len(meta["sizes"]) < 2:
+    if len(meta["sizes"]) < 2:   # nothing to plot against hosts; no stale plot from an earlier run either
+        path.unlink(missing_ok=True)
         return None
     import matplotlib
 

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -255,7 +256,9 @@ class Bench:
                              + (" (uncommitted changes)" if git("status", "--porcelain", "--", "remediate") else ""),
                 "ansible": version([tools.ansible_playbook_path(), "--version"]),
                 "nmap": version(["nmap", "--version"]),
-                "command": "python3 bench/run.py " + " ".join(sys.argv[1:]), "seconds": round(seconds),
+                "command": "python3 bench/run.py " + shlex.join("..." if self.args.note and a == self.args.note
+                                                                 else a for a in sys.argv[1:]),
+                "seconds": round(seconds),
                 "pairs": self.args.pairs, "sizes": self.args.sizes, "main_size": self.args.hosts,
                 "delays": self.args.delays, "sections": self.args.sections, "note": self.args.note,
                 "untimed_seconds": {k: round(v) for k, v in self.overhead.items()}}
