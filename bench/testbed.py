@@ -8,6 +8,7 @@ host's filesystem from scratch (same address and host key), which is the identic
 
 from __future__ import annotations
 
+import hashlib
 import smtplib
 import socket
 import statistics
@@ -21,6 +22,8 @@ from floor import read_inventory
 from relaycheck import relay_open
 
 SCENARIO = "open-relay"
+STATE_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf", "/var/lib/remediate/lock.json",
+               "/var/backups/remediate", "/var/backups/ansible-bench")
 
 
 class Testbed:
@@ -32,6 +35,7 @@ class Testbed:
         self.nfqueue = 94
         self.delay_ms, self.delay_method, self.netem_on = 0, "none", False
         self.delayline: subprocess.Popen[bytes] | None = None
+        self.initial: dict[str, dict[str, str | None]] = {}
 
     @property
     def inventory(self) -> Path:
@@ -48,6 +52,7 @@ class Testbed:
 
         self.lab = Lab(self.state_dir)
         self.lab.up(count, [SCENARIO], subnet=self.subnet, prefix=self.prefix)
+        self.initial = {name: self.state(name) for name in self.names}
 
     def down(self) -> None:
         """Remove the netem qdiscs this bench added, then the lab (idempotent)."""
@@ -66,10 +71,25 @@ class Testbed:
             yaml.dump(doc, fh)
         return path
 
+    def state(self, name: str) -> dict[str, str | None]:
+        """What must be identical after a reset: sha256 of main.cf and master.cf, and no trace of a run
+        (remediate's host lock and backups, the playbook's backups)."""
+        seen: dict[str, str | None] = {}
+        for path in STATE_FILES:
+            file = self.lab.path(name, path)
+            seen[path] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else (
+                "present" if file.exists() else None)
+        return seen
+
     def reset(self, names: list[str], workers: int = 8) -> None:
-        """Rebuild each host in its scenario (parallel), then check every one is an open relay again."""
+        """Rebuild each host in its scenario (parallel), then check that each is in its first state (files
+        as `up` made them, no trace of a run) and an open relay again."""
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(self.lab.reset, names))
+        now = {n: self.state(n) for n in names}
+        drift = {n: seen for n, seen in now.items() if seen != self.initial[n]}
+        if drift:
+            raise RuntimeError(f"after reset these hosts differ from their first state: {drift}")
         still = self.relay_states(names)
         closed = [n for n, is_open in still.items() if is_open is not True]
         if closed:

@@ -115,7 +115,7 @@ def nmap_verdicts(xml_out: Path) -> dict[str, bool | None]:
     when port 25 was not open or the script did not run."""
     verdicts: dict[str, bool | None] = {}
     for host in ET.parse(xml_out).getroot().iter("host"):  # noqa: S314 - nmap's own output
-        address = host.find("address").get("addr")  # type: ignore[union-attr]
+        address = str(host.find("address").get("addr"))  # type: ignore[union-attr]
         script = host.find("./ports/port[@portid='25']/script[@id='smtp-open-relay']")
         state = host.find("./ports/port[@portid='25']/state")
         if script is None or state is None or state.get("state") != "open":
