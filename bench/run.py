@@ -226,6 +226,7 @@ class Bench:
         data = {"meta": self.meta(time.time() - started), "params": self.params, "links": self.links,
                 "runs": self.runs, "verdicts": self.verdicts}
         out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
         report.write(data, out)
         failed = [r for r in self.runs if not r["ok"]] + [v for v in self.verdicts if not v["identical"]]
