@@ -6,8 +6,9 @@ Channel); `Reply` is one whole reply; `parse_ehlo` reads the EHLO keywords into 
 procedures on these and the verdict (`remediate.verdict`) judges them; nothing here decides what a reply
 means.
 
-Guarantees: DATA and BDAT are never sent (`SmtpSession.command` refuses them, and any command with a line
-break), every read returns or fails within `timeout`, bytes buffered before a STARTTLS handshake are
+Guarantees: DATA and BDAT are never sent (`SmtpSession.command` and `SmtpSession.send_group` refuse them, and
+any command with a line break), a pipelined group (RFC 2920) holds only MAIL, RCPT and RSET before its last
+command, every read returns or fails within `timeout`, bytes buffered before a STARTTLS handshake are
 discarded, and nothing here logs. Failures raise the `ProbeError` family of `remediate.errors`
 (`ProbeDropped`, `ProbeTimeout`, `ProbeProtocolError`).
 """
@@ -20,7 +21,8 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +32,8 @@ _MAX_LINE, _MAX_LINES = 4096, 64
 _REPLY_LINE = re.compile(r"([2-5][0-9]{2})(?:([ -])(.*))?")
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s|$)")
 _SRV = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]*)")  # nmap: %d+%s([%w]+[%w%.-]*)
+#: RFC 2920 3.1: these may appear anywhere in a pipelined group; any other command only as its last
+_GROUPABLE = frozenset({"MAIL", "RCPT", "RSET"})
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
 
 
@@ -74,16 +78,22 @@ class SmtpSession:
     """The client side of one SMTP dialogue over a `Stream`.
 
     Every read returns within `timeout` seconds or raises `ProbeTimeout`; EOF or a failed write raises
-    `ProbeDropped`; a non-SMTP reply raises `ProbeProtocolError`. `command` refuses DATA/BDAT and line breaks.
+    `ProbeDropped`; a non-SMTP reply raises `ProbeProtocolError`. `command` and `send_group` refuse DATA/BDAT
+    and line breaks. With `send_group` (RFC 2920 pipelining, only where the server advertised PIPELINING)
+    several commands go out in one write and `read_reply` then returns their replies one by one, in order.
     """
 
     def __init__(self, stream: Stream, *, timeout: float = 10.0) -> None:
         self.stream, self.timeout = stream, timeout
         self._buf, self._last = b"", "the greeting"
+        self._pending: deque[str] = deque()  # verbs sent whose replies are still to be read, in order
+        self._quit_sent = False
         self.broken = False  # set once a read or write failed: the dialogue cannot be trusted any more
 
     def read_reply(self) -> Reply:
         """The next reply, whole. A 421 (server closing) marks the session `broken`, as any failure does."""
+        if self._pending:
+            self._last = self._pending.popleft()
         try:
             reply = self._read_reply()
         except ProbeError:
@@ -105,24 +115,30 @@ class SmtpSession:
                 raise ProbeProtocolError(f"reply to {self._last} has more than {_MAX_LINES} lines")
 
     def command(self, line: str) -> Reply:
-        verb = line.split(" ", 1)[0].upper()
-        if verb in ("DATA", "BDAT"):
-            raise ValueError("the probe never sends DATA or BDAT: nothing may ever be queued")
-        if not verb or "\r" in line or "\n" in line:
-            raise ValueError(f"refusing to send a malformed SMTP command: {line!r}")
-        self._last = verb
-        self._send(line)
+        self.send_group((line,))
         return self.read_reply()
+
+    def send_group(self, lines: Sequence[str]) -> None:
+        """Send `lines` in one write: an RFC 2920 group, whose replies `read_reply` then returns in order. Only
+        MAIL, RCPT and RSET may come before the last command (QUIT, say). ValueError, with nothing sent, for
+        DATA, BDAT, a line break, an empty command or any other command before the last."""
+        verbs = [_verb(line) for line in lines]
+        if not verbs or any(verb not in _GROUPABLE for verb in verbs[:-1]):
+            raise ValueError(f"not a group RFC 2920 allows: {' '.join(verbs)}")
+        self._last = verbs[0] if len(verbs) == 1 else f"a pipelined group of {len(verbs)} commands"
+        self._send("".join(line + "\r\n" for line in lines).encode())
+        self._pending.extend(verbs)
+        self._quit_sent = self._quit_sent or verbs[-1] == "QUIT"
 
     def auth_anonymous(self, trace: str) -> Reply:
         """Two-step `AUTH ANONYMOUS` (RFC 4505); returns the final reply. A second 334 is cancelled (`*`)."""
         reply = self.command("AUTH ANONYMOUS")
         if reply.code != 334:
             return reply
-        self._send(base64.b64encode(trace.encode()).decode("ascii"))
+        self._send(base64.b64encode(trace.encode()) + b"\r\n")
         reply = self.read_reply()
         if reply.code == 334:
-            self._send("*")
+            self._send(b"*\r\n")
             reply = self.read_reply()
         return reply
 
@@ -149,19 +165,23 @@ class SmtpSession:
         return self.command("RSET")
 
     def quit(self) -> None:
-        """QUIT unless the session is broken, then close the stream; never raises."""
+        """QUIT unless the session is broken (or QUIT went out in a group: then its reply is read), then close
+        the stream; never raises."""
         with contextlib.suppress(ProbeError):
-            if not self.broken:
+            if self._quit_sent:
+                while self._pending and not self.broken:
+                    self.read_reply()
+            elif not self.broken:
                 self.command("QUIT")
         close = getattr(self.stream, "close", None)
         if close is not None:
             with contextlib.suppress(OSError):
                 close()
 
-    def _send(self, line: str) -> None:
+    def _send(self, data: bytes) -> None:
         try:
             self.stream.settimeout(self.timeout)
-            self.stream.sendall(line.encode() + b"\r\n")
+            self.stream.sendall(data)
         except TimeoutError as exc:
             self.broken = True
             raise ProbeTimeout(f"sending {self._last} timed out") from exc
@@ -190,12 +210,23 @@ class SmtpSession:
         return line.rstrip(b"\r").decode("utf-8", "replace")
 
 
+def _verb(line: str) -> str:
+    """The command's verb; ValueError for DATA, BDAT, an empty command or a line break."""
+    verb = line.split(" ", 1)[0].upper()
+    if verb in ("DATA", "BDAT"):
+        raise ValueError("the probe never sends DATA or BDAT: nothing may ever be queued")
+    if not verb or "\r" in line or "\n" in line:
+        raise ValueError(f"refusing to send a malformed SMTP command: {line!r}")
+    return verb
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     auth: tuple[str, ...]
     starttls: bool
     xclient: bool
     name: str | None  # first word of the EHLO greeting
+    pipelining: bool = False  # RFC 2920 PIPELINING advertised
 
 
 def parse_ehlo(reply: Reply) -> Capabilities:
@@ -212,7 +243,8 @@ def parse_ehlo(reply: Reply) -> Capabilities:
         if keyword == "AUTH":
             mechs += [m.upper() for m in ([first] if first else []) + words[1:] if m.upper() not in mechs]
     name = _SRV.match(reply.lines[0]) if reply.lines else None
-    return Capabilities(tuple(mechs), "STARTTLS" in keywords, "XCLIENT" in keywords, name and name[1])
+    return Capabilities(tuple(mechs), "STARTTLS" in keywords, "XCLIENT" in keywords, name and name[1],
+                        "PIPELINING" in keywords)
 
 
 def server_name(banner: Reply, caps: Capabilities, default: str) -> str:
@@ -239,10 +271,13 @@ def check_names(**names: str | None) -> None:
 
 
 def default_connect(source_address: str | None) -> Connect:
-    """A `Connect` opening a plain TCP socket, bound to `source_address` when given."""
+    """A `Connect` opening a plain TCP socket, bound to `source_address` when given, with TCP_NODELAY (a small
+    command or pipelined group is sent at once, not held back by Nagle until the last segment is acknowledged)."""
     def connect(address: str, port: int, timeout: float) -> Stream:
         source = (source_address, 0) if source_address else None
-        return socket.create_connection((address, port), timeout, source)
+        sock = socket.create_connection((address, port), timeout, source)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     return connect
 
 

@@ -4,7 +4,9 @@
 `serve_pair(behaviour)` runs the same dialogue over one end of a socketpair (what `simulate` sees on a
 `smtpd -S` pipe). A `Behaviour` (subclass or keyword overrides) scripts the server: the banner, EHLO keywords,
 the replies to MAIL, RCPT, AUTH and XCLIENT, when to drop. Every line the server receives is recorded in a
-`Transcript`, so a test can assert what the client did and did not send (DATA, RSET, QUIT).
+`Transcript`, so a test can assert what the client did and did not send (DATA, RSET, QUIT), and how many
+times the server had to wait for the client (`Transcript.reads`: one per round trip the client needed, so a
+pipelined group counts once), and whether the client pipelined where PIPELINING was not advertised.
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ class Transcript:
 
     lines: list[tuple[int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: connection number -> reads that brought new input after the server had answered all it had
+    reads: dict[int, int] = field(default_factory=dict)
+    #: lines that came in one read with the line before though PIPELINING was not advertised (RFC 2920 forbids)
+    unasked_pipelining: list[str] = field(default_factory=list)
 
     def add(self, number: int, line: str) -> None:
         with self.lock:
             self.lines.append((number, line))
+
+    def waited(self, number: int) -> None:
+        with self.lock:
+            self.reads[number] = self.reads.get(number, 0) + 1
 
     def verbs(self) -> list[str]:
         with self.lock:
@@ -53,7 +63,7 @@ class Conversation:
                  number: int) -> None:
         self.stream, self.behaviour, self.transcript, self.number = stream, behaviour, transcript, number
         self.buf = b""
-        self.helo = self.tls = self.closing = False
+        self.helo = self.tls = self.closing = self.ahead = False
         self.sender: str | None = None
         self.client: str | None = None
         self.errors = self.rcpts = 0
@@ -72,6 +82,9 @@ class Conversation:
                 return
             while not self.closing and (line := self.readline()) is not None:
                 self.transcript.add(self.number, line)
+                if self.ahead and not b.pipelining and not self.tls:
+                    with self.transcript.lock:
+                        self.transcript.unasked_pipelining.append(line)
                 reply = self.dispatch(line)
                 verb = line.split(" ", 1)[0].upper()
                 if verb in b.raw_replies:   # sent as it is, without a copy (a huge line stays one buffer)
@@ -105,6 +118,9 @@ class Conversation:
             time.sleep(self.behaviour.reply_trickle)
 
     def readline(self) -> str | None:
+        self.ahead = b"\n" in self.buf  # this line came with the one before: the client did not wait
+        if not self.ahead:
+            self.transcript.waited(self.number)
         while b"\n" not in self.buf:
             chunk = self.stream.recv(4096)
             if not chunk:
@@ -119,7 +135,8 @@ class Conversation:
         verb = verb.upper()
         if verb == "EHLO":
             self.helo, self.sender = True, None
-            keywords = ["PIPELINING", "SIZE 10240000"]
+            keywords = ["PIPELINING"] if b.pipelining else []
+            keywords += ["SIZE 10240000"]
             keywords += ["STARTTLS"] if (b.tls or b.stall_tls) and not self.tls else []
             keywords += ["XCLIENT NAME ADDR PROTO HELO"] if b.xclient else []
             keywords += [f"AUTH {' '.join(self.mechanisms)}"] if self.mechanisms else []
@@ -200,6 +217,7 @@ class Behaviour:
     auth_tls: tuple[str, ...] | None = None  # None: same as `auth`
     tls: ssl.SSLContext | None = None
     xclient = False
+    pipelining = True  # advertise PIPELINING (RFC 2920) in EHLO
     silent = False
     drop_after_banner = False
     trickle = 0.0  # seconds between banner bytes (0: the banner is sent at once)
@@ -294,11 +312,25 @@ class EximDefault(Behaviour):
 
 
 class Drop421Once(Behaviour):
-    """Answers the 5th RCPT of the first connection with 421 and closes; later connections behave."""
+    """Answers the `nth` RCPT of the first connection that gets so many with 421 (`drop`: closes without a word
+    instead) and closes; every other RCPT behaves. `hit` is the address it was answering."""
+
+    nth = 5
+    drop = False
+
+    def __init__(self, **overrides: object) -> None:
+        super().__init__(**overrides)
+        self.lock, self.hit = threading.Lock(), ""
 
     def relay(self, conv: Conversation, address: str) -> str:
-        if conv.number == 1 and conv.rcpts == 5:
+        with self.lock:
+            fire = not self.hit and conv.rcpts == self.nth
+            self.hit = address if fire else self.hit
+        if fire:
             conv.closing = True
+            if self.drop:
+                conv.stream.close()
+                raise OSError("dropped on purpose")
             return "421 4.7.0 mx.hostile.test Error: too many errors"
         return super().relay(conv, address)
 

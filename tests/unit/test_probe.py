@@ -19,6 +19,7 @@ from hostile_smtp import (  # noqa: E402
     AuthRequired,
     Behaviour,
     ConfigError451,
+    Conversation,
     DebianDefer,
     Drop421Once,
     EximDefault,
@@ -338,8 +339,9 @@ def test_injected_streams_are_used_for_every_session(server_tls: ssl.SSLContext)
         return ChannelLike(socket.create_connection((address, port), timeout))
 
     result, server = run(Behaviour(tls=server_tls), connect=connect, source_address="198.51.100.7")
-    # 18 attempts (nmap's 16 + postmaster@ and abuse@ foreign), 6 per session = 3 sessions, + the STARTTLS one
-    assert len(opened) == server.accepted == 4
+    # 18 attempts (nmap's 16 + postmaster@ and abuse@ foreign): the first group (one test per sender: 4), then
+    # 14 in sessions of at most 6 = 4 relay sessions, + the STARTTLS one
+    assert len(opened) == server.accepted == 5
     assert result.source_address == "198.51.100.7"  # the stream cannot say, so the requested one
     assert any("cannot carry TLS" in e for e in result.errors)
     assert judge(result).status == Status.INCONCLUSIVE
@@ -526,3 +528,146 @@ def test_other_services_fold_into_one_verdict_by_their_own_expectations() -> Non
     assert merged(mx, "2525 (port 2525)", closed_submission, submission=False).codes == ("inbound_refused",)
     relaying = judge(ProbeResult("h", 465, BANNER, relay_attempts=(attempt(rcpt=250),), ehlo=BANNER))
     assert merged(mx, "smtps (port 465)", relaying, submission=True).status == Status.VULNERABLE
+
+
+# --- pipelining (RFC 2920) and concurrent sessions -----------------------------------------------------
+
+
+def outcome(result: ProbeResult) -> tuple[object, ...]:
+    """What the verdict is made of, reply by reply (not the reply texts' order of arrival)."""
+    def one(a: RelayAttempt | None) -> object:
+        return a and (a.form, a.mail_from, a.rcpt_to, a.mail_reply and a.mail_reply.code,
+                      a.rcpt_reply and a.rcpt_reply.code, a.dropped)
+    verdict = judge(result)
+    return (verdict.status, verdict.codes, verdict.local_ok, tuple(one(a) for a in result.relay_attempts),
+            one(result.local_attempt), result.ehlo_auth, result.tls_auth,
+            result.anonymous_attempt and result.anonymous_attempt.code, one(result.anonymous_relay),
+            bool(result.errors))
+
+
+class DropsEverySecondRcpt(Behaviour):
+    """421 and close at the second RCPT of every connection: each test goes through on its retry."""
+
+    def relay(self, conv: Conversation, address: str) -> str:
+        if conv.rcpts == 2:
+            conv.closing = True
+            return "421 4.7.0 Error: too many errors"
+        return super().relay(conv, address)
+
+
+class RefusesLiterals(Behaviour):
+    """Refuses MAIL from a domain literal (one error each; Exim's 501) and relay (554)."""
+
+    def mail(self, conv: object, address: str) -> str:
+        return f"501 <{address}>: domain literals not allowed" if "[" in address else "250 2.1.0 Ok"
+
+
+PIPELINING_CASES: dict[str, tuple[type[Behaviour], dict[str, object]]] = {
+    "open relay": (OpenRelay, {}),
+    "closed relay": (Behaviour, {}),
+    "sender whitelist": (SenderWhitelist, {}),
+    "MAIL refused (530)": (AuthRequired, {}),
+    "domain literals refused": (RefusesLiterals, {}),
+    "Exim: farewell after 3 syntax errors": (EximDefault, {}),
+    "drop mid-batch (3rd RCPT, no reply)": (Drop421Once, {"nth": 3, "drop": True}),
+    "421 mid-batch (3rd RCPT)": (Drop421Once, {"nth": 3}),
+    "421 at every second RCPT": (DropsEverySecondRcpt, {}),
+    "anonymous AUTH": (Behaviour, {"auth": ("PLAIN", "ANONYMOUS")}),
+}
+
+
+@pytest.mark.parametrize("case", list(PIPELINING_CASES))
+def test_pipelined_probe_gets_the_verdicts_of_the_sequential_one(case: str) -> None:
+    kind, options = PIPELINING_CASES[case]
+    pipelined, fast = run(kind(**options), local_domain="example.org", own_domains=["example.org"])
+    sequential, slow = run(kind(pipelining=False, **options), local_domain="example.org",
+                           own_domains=["example.org"])
+    assert outcome(pipelined) == outcome(sequential)
+    assert len(pipelined.relay_attempts) == 19 and not any(a.dropped for a in pipelined.relay_attempts)
+    assert pipelined.errors == ()
+    assert slow.transcript.unasked_pipelining == []   # without PIPELINING: one command at a time
+    assert sum(fast.transcript.reads.values()) < sum(slow.transcript.reads.values()) / 2
+    for server in (fast, slow):
+        assert_never_queued(server.transcript.verbs())
+        if kind in (OpenRelay, Behaviour, SenderWhitelist, AuthRequired):  # servers that never hang up first
+            last = {number: line for number, line in server.transcript.lines}
+            assert set(last.values()) == {"QUIT"}   # every session ended, every transaction with it
+
+
+def test_a_pipelined_session_needs_two_round_trips_and_sessions_run_at_once(server_tls: ssl.SSLContext) -> None:
+    started = time.monotonic()
+    result, server = run(OpenRelay(tls=server_tls, auth=("PLAIN",)), local_domain="example.org")
+    elapsed = time.monotonic() - started
+    assert judge(result).codes == ("open_relay",) and len(result.relay_attempts) == 19
+    reads = server.transcript.reads
+    # relay sessions: EHLO, then one group (MAIL, RCPT, RSET per test, QUIT last); STARTTLS session: EHLO,
+    # STARTTLS, EHLO, QUIT
+    assert sorted(reads.values()) == [2, 2, 2, 2, 4], reads
+    assert server.accepted == 5 and elapsed < 2.0
+    lines = server.transcript.lines
+    assert max(sum(1 for n, line in lines if n == c and line.startswith("MAIL")) for c in reads) <= 6
+
+
+def test_a_sender_refused_at_mail_gets_no_rcpt_once_known_so_postfix_never_tarpits() -> None:
+    # Postfix counts a 503 to a RCPT after a refused MAIL as an error and slows down from the tenth on: after the
+    # first group (one test per sender) a refused sender's RCPT is left out, as the sequential dialogue does
+    result, server = run(AuthRequired(), local_domain="example.org")
+    assert judge(result).status == Status.SECURE
+    rcpts = server.transcript.matching("RCPT")
+    assert len(rcpts) <= 5   # the first group (one test per sender) and the sender in the host's own domain
+    per_connection: dict[int, int] = {}
+    for number, line in server.transcript.lines:
+        if line.split(" ", 1)[0] in ("MAIL", "RCPT"):
+            per_connection[number] = per_connection.get(number, 0) + 1
+    assert max(per_connection.values()) < 10   # errors per session (each refused MAIL and 503 RCPT)
+
+
+def test_a_drop_mid_batch_loses_no_test_and_retries_on_a_fresh_session() -> None:
+    behaviour = Drop421Once(nth=3, drop=True)
+    result, server = run(behaviour, local_domain="example.org")
+    assert behaviour.hit   # the server did drop in the middle of a group
+    assert [a.form for a in result.relay_attempts] == [*range(1, 18), 18, 19]
+    assert not any(a.dropped for a in result.relay_attempts) and result.errors == ()
+    assert result.reconnects == 4   # 4 relay sessions, and one more for the tests of the one that dropped
+    assert judge(result).status == Status.SECURE
+
+
+def test_send_group_allows_only_what_rfc_2920_allows() -> None:
+    client, other = socket.socketpair()
+    with client, other:
+        session = SmtpSession(client, timeout=FAST)
+        for group in (["MAIL FROM:<a@b>", "DATA"], ["EHLO x", "MAIL FROM:<a@b>"], ["QUIT", "RSET"],
+                      ["MAIL FROM:<a@b>", "RCPT TO:<c@d>\r\nDATA"], []):
+            with pytest.raises(ValueError):
+                session.send_group(group)
+        other.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            other.recv(1)  # nothing at all reached the wire
+        session.send_group(["MAIL FROM:<a@b>", "RCPT TO:<c@d>", "RSET", "QUIT"])
+        assert other.recv(4096) == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRSET\r\nQUIT\r\n"  # one write
+
+
+def test_probe_sockets_do_not_wait_for_nagle() -> None:
+    from remediate.smtp import default_connect
+
+    with HostileSmtp(Behaviour()) as server:
+        sock = default_connect(None)(*server.address, FAST)
+        assert isinstance(sock, socket.socket)
+        with sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "sequential"])
+def test_simulate_pipelines_when_offered_with_the_same_result(pipelining: bool) -> None:
+    stream, transcript, thread = serve_pair(PostfixXclient(auth=("PLAIN", "ANONYMOUS"), pipelining=pipelining))
+    result = simulate(stream, local_domain="example.org", timeout=2.0)
+    thread.join(2)
+    assert result.errors == () and [a.form for a in result.relay_attempts] == [1, 2, 3, 6, 7, 8, 11, 13, 14,
+                                                                                16, 17, 18, 19]
+    assert judge(result).codes == ("anonymous_auth",) and judge(result).local_ok is True
+    assert_never_queued(transcript.verbs())
+    assert transcript.verbs()[-1] == "QUIT"
+    if pipelining:   # EHLO, XCLIENT, EHLO, first group, the rest, AUTH (two steps), form 2 with QUIT
+        assert transcript.reads[1] <= 8, transcript.reads
+    else:
+        assert transcript.unasked_pipelining == [] and transcript.reads[1] > 40
