@@ -385,3 +385,46 @@ def test_a_value_whose_brace_is_never_closed_is_refused_not_appended_to_on_every
     reliability("hostile input", "a main.cf list to extend whose '{' is never closed (Postfix reads the rest as "
                 "one word)", "refused naming the file, line and value (an append would be swallowed, and repeated "
                 "on every run)", "nothing written", None, 0)
+
+
+def test_a_change_to_a_file_with_bytes_not_utf8_is_shown_everywhere_without_an_encoding_error(tmp_path, reliability):
+    """The diff, the findings, the report and the plan (JSON, Markdown, HTML, on a strict UTF-8 stdout and to a
+    file) show such a byte as \\xNN; writing them never fails (it did: UnicodeEncodeError, a traceback)."""
+    import io
+    import json
+    import os
+
+    from rich.console import Console
+
+    from remediate import planfile, report
+    from remediate.model import HostPlan, HostResult, RunResult, Status
+    from tests.conftest import run_cli
+
+    facts = Facts({"main_cf": b"# ge\xe4ndert\nmynetworks = 0.0.0.0/0 \xff\n", "master_cf": b""}, {},
+                  {"sasl_mechanisms": ""})
+    cand = DRIVER.candidate(facts, HOST, DRIVER.playbook.policies["relay-auth"])
+    assert cand.data("main_cf").startswith(b"# ge\xe4ndert\n")          # the file itself keeps the byte
+    run = RunResult("20261128T210317Z-d4da", "plan")
+    run.hosts = [HostResult("mx1", "192.0.2.25", Status.WOULD_CHANGE, DRIVER.audit(facts.texts(), HOST),
+                            changed=True, diff=cand.diff, plan=HostPlan(
+                                None, "postfix", "postfix@1", "cd" * 32, (("/etc/postfix/main.cf", "ab" * 32),),
+                                (("/etc/postfix/main.cf", "01" * 32),)))]
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    report.render(run, Console(file=strict, width=200), show_diffs=True)
+    strict.flush()
+    shown = strict.buffer.getvalue().decode()   # type: ignore[attr-defined]
+    assert "# ge\\xe4ndert" in shown and "-mynetworks = 0.0.0.0/0 \\xff" in shown
+    (tmp_path / "inventory.yaml").write_text("hosts: {}\n")
+    planfile.write_plan(planfile.seal(planfile.document(run, tmp_path / "inventory.yaml")), tmp_path / "plan.json")
+    assert "-mynetworks = 0.0.0.0/0 \\\\xff" in (tmp_path / "plan.json").read_text()
+    assert json.loads((tmp_path / "plan.json").read_text())["hosts"][0]["findings_before"]
+    for fmt in ("md", "html"):
+        to_file = run_cli("plan", "--from", "plan.json", "--format", fmt, "-o", f"plan.{fmt}", cwd=tmp_path)
+        to_stdout = run_cli("plan", "--from", "plan.json", "--format", fmt, cwd=tmp_path,
+                            env={"PYTHONIOENCODING": "utf-8:strict", "LC_ALL": os.environ.get("LC_ALL", "C.UTF-8")})
+        assert to_file.returncode == 0 and to_stdout.returncode == 0, to_file.stderr + to_stdout.stderr
+        assert "\\xff" in (tmp_path / f"plan.{fmt}").read_text() and "\\xff" in to_stdout.stdout
+    reliability("hostile input", "a change to a main.cf holding bytes that are not UTF-8: diff, findings, report, "
+                "plan JSON, Markdown and HTML (a file, and a strict UTF-8 stdout)",
+                "each such byte shown as \\xNN; no encoding error (was: UnicodeEncodeError traceback)",
+                "the file itself keeps the byte", None, 0)
