@@ -428,3 +428,13 @@ def test_a_change_to_a_file_with_bytes_not_utf8_is_shown_everywhere_without_an_e
                 "plan JSON, Markdown and HTML (a file, and a strict UTF-8 stdout)",
                 "each such byte shown as \\xNN; no encoding error (was: UnicodeEncodeError traceback)",
                 "the file itself keeps the byte", None, 0)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "remediate/mta/postfix/driver.py smtp_services (not edited here): `int(name) if name.isdigit()` takes '²' "
+    "(str.isdigit is true, int() raises ValueError: scan, plan and apply of the host crash) and reads '٢٥' as "
+    "port 25 and '99999' as a port. Fix: `name.isascii() and name.isdigit() and 0 < int(name) < 65536`"))
+def test_a_master_cf_service_named_with_digits_postfix_does_not_take_is_no_port_to_probe() -> None:
+    master_cf = "²  inet n - y - - smtpd\n٢٥ inet n - y - - smtpd\n99999 inet n - y - - smtpd\n".encode()
+    context = DRIVER.probe_context(HOST, Facts({"main_cf": b"", "master_cf": master_cf}, {}, {}))
+    assert context.services == ()   # Postfix listens on none of them (not an ASCII port number in 1-65535)
