@@ -145,8 +145,8 @@ def test_garbled_configs_give_the_clean_result_with_every_inserted_byte_kept(cas
         assert again.changed == ()
 
     check()
-    reliability("hostile input", "Exim and Sendmail configurations garbled (hypothesis, 60 examples per scenario, "
-                "9 scenarios): comment lines of bytes not UTF-8 (up to 16 KiB) slipped in, CRLF, no final newline",
+    reliability("hostile input", f"{case}: garbled (hypothesis, 60 examples): comment lines of bytes not UTF-8 "
+                "(up to 16 KiB) slipped in, CRLF, no final newline",
                 "the clean file's result, every inserted byte kept in place, CRLF and final-newline state kept; "
                 "idempotent", "no corrupted file (checked byte for byte)", None, 0)
 

@@ -341,8 +341,9 @@ def test_a_nul_byte_inside_a_setting_is_refused_naming_file_and_line(file, data,
     assert str(refused.value).startswith(f"{name}:{line}: a NUL byte inside a setting: Postfix stops reading")
     with pytest.raises(ConfigError):
         DRIVER.audit({k: v.decode() for k, v in files.items()}, HOST)
-    reliability("hostile input", "a NUL byte inside a main.cf or master.cf setting (Postfix reads up to it only)",
-                "refused: ConfigError naming the file and line (scan: noted, verdict from the probe alone)",
+    setting = data.split(b"\n")[line - 1].decode().replace("\0", "\\0").strip()
+    reliability("hostile input", f"a NUL byte inside a {name} setting, `{setting}` (Postfix reads up to it only)",
+                f"refused: {str(refused.value)[:70]}... (scan: noted, verdict from the probe alone)",
                 "nothing written", None, 0)
 
 
