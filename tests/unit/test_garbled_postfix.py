@@ -439,3 +439,10 @@ def test_a_master_cf_service_named_with_digits_postfix_does_not_take_is_no_port_
     master_cf = "²  inet n - y - - smtpd\n٢٥ inet n - y - - smtpd\n99999 inet n - y - - smtpd\n".encode()
     context = DRIVER.probe_context(HOST, Facts({"main_cf": b"", "master_cf": master_cf}, {}, {}))
     assert context.services == ()   # Postfix listens on none of them (not an ASCII port number in 1-65535)
+
+
+def test_a_nul_byte_in_master_cf_still_lets_scan_find_the_services_to_probe() -> None:
+    """The refusal is for judging and editing; the scan notes it and probes every service all the same."""
+    master_cf = b"submission inet n - y - - smtpd\n  -o smtpd_relay_restrictions=permit\0\n"
+    context = DRIVER.probe_context(HOST, Facts({"main_cf": b"", "master_cf": master_cf}, {}, {}))
+    assert [(s.name, s.port) for s in context.services] == [("submission", 587)]

@@ -426,7 +426,7 @@ def remove_unsafe_overrides(text: str, *, trusted_networks: list[str], main_cf: 
     """
     trusted = _trusted(trusted_networks)
     values = postfix_effective(main_cf)
-    unsafe = [override for service in parse_services(text) if service.is_smtpd
+    unsafe = [override for service in parse_services(text, strict=True) if service.is_smtpd
               for override in service.overrides if _override_problem(override, values, trusted) is not None]
     return remove_overrides(text, unsafe) if unsafe else text
 
@@ -456,7 +456,7 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
     inbound = _inbound_problem(params) if policy == "relay-auth" else None
     if inbound is not None:
         main("inbound_refused", *inbound)
-    services = [service for service in parse_services(master_cf) if service.is_smtpd]
+    services = [service for service in parse_services(master_cf, strict=True) if service.is_smtpd]
     sasl_main = _sasl_on(values)
     sasl_services = [service.label for service in services for override in service.overrides
                      if override.name == "smtpd_sasl_auth_enable"

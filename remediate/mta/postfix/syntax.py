@@ -343,13 +343,15 @@ def _override(option: Token, argument: Token | None) -> Override | None:
     return Override(name, value, tokens)
 
 
-def parse_services(text: str) -> list[Service]:
-    """Every service entry of a master.cf with its ``-o`` overrides, in file order. ConfigError (naming
-    master.cf and the line) for a NUL byte inside an entry, as `parse_parameters`."""
+def parse_services(text: str, *, strict: bool = False) -> list[Service]:
+    """Every service entry of a master.cf with its ``-o`` overrides, in file order. `strict` (for judging and
+    editing): ConfigError naming master.cf and the line for a NUL byte inside an entry, as `parse_parameters`
+    (not strict, what finds the services to probe: a NUL is one more character)."""
     lines = split_lines(text)
     services = []
     for group in logical_lines(lines):
-        _refuse_nul(lines, group, "master.cf")
+        if strict:
+            _refuse_nul(lines, group, "master.cf")
         tokens = _tokens(lines, group)
         if len(tokens) < 8:
             continue
