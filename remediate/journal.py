@@ -4,10 +4,16 @@
 hosts, orchestrator pid), then `{"host", "phase", ...}` records as hosts move through
 locked → backed_up → written → validated → reloaded → verified | rolled_back → done, and a final
 `run_finished`. A run without `run_finished` whose pid is gone was interrupted (SIGKILL, power loss).
+
+A crash mid-write can leave the last line torn (no line end): the reader ignores it, and the next append
+first cuts it off, so it never ends up in the middle. Any other line that is not a record of this journal
+(bytes flipped, a line edited, wrong types, a missing key) is refused: `read_journal` raises ConfigError
+naming the file and line, and the commands that read journals exit 2 before contacting any host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remediate.errors import ConfigError
 from remediate.model import Phase
 
 
@@ -38,9 +45,10 @@ class Journal:
         record = {"ts": time.time(), **record}
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
+                end = _cut_torn_tail(fd)
+                os.pwrite(fd, line, end)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -113,15 +121,91 @@ def _injected_fault(host: str, phase: str) -> None:
             time.sleep(0.05)
 
 
+def _cut_torn_tail(fd: int) -> int:
+    """Cut off a last line without its line end (a record torn by a crash: it never counted), so the next
+    record starts a line of its own; return where it goes (the end of the file)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if not end or os.pread(fd, 1, end - 1) == b"\n":
+        return end
+    keep, position = 0, end
+    while position > 0:
+        start = max(position - 65536, 0)
+        newline = os.pread(fd, position - start, start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        position = start
+    os.ftruncate(fd, keep)
+    return keep
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+#: per event, its keys and what each must hold (True: the key is required)
+_EVENTS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
+    "run_started": {"command": (True, _text), "inventory": (False, _text),
+                    "pid": (False, lambda v: v is None or (type(v) is int and v > 0)),
+                    "hosts": (False, lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v))},
+    "phase": {"host": (True, lambda v: isinstance(v, str) and v != ""),
+              "phase": (True, lambda v: v in {p.value for p in Phase})},
+    "run_finished": {},
+    "settled": {"how": (False, _text)},
+}
+
+
+def _record(raw: bytes) -> dict[str, Any]:
+    """One journal line as a record; ValueError saying what is wrong with it."""
+    try:
+        rec = json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    if not isinstance(rec, dict):
+        raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+    keys = _EVENTS.get(rec["event"]) if isinstance(rec.get("event"), str) else None
+    if keys is None:
+        raise ValueError(f"unknown event {rec.get('event')!r}")
+    if "ts" in rec and type(rec["ts"]) not in (int, float):
+        raise ValueError(f"ts {rec['ts']!r} is not a time")
+    for key, (required, valid) in keys.items():
+        if key not in rec and required:
+            raise ValueError(f"{rec['event']} record without {key}")
+        if key in rec and not valid(rec[key]):
+            raise ValueError(f"{rec['event']} record with {key} {rec[key]!r}")
+    return rec
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """Every record of the journal at `path`; a torn last line is left out. ConfigError (file, line) for
+    anything else that is not a record."""
+    run_id = path.parent.name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the journal of run {run_id}: {exc.strerror or exc}", path=str(path)) from exc
+    lines = data.split(b"\n")
+    torn = lines.pop()   # b"" when the file ends with a line end, as every complete record does
+    records = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            records.append(_record(raw))
+        except ValueError as exc:
+            raise ConfigError(f"not a journal record ({exc}): the journal of run {run_id} is damaged, so where its "
+                              f"hosts stand cannot be read from it. Check them (`remediate backups show {run_id}`, "
+                              "`remediate scan`), move the file aside (journal.jsonl.damaged), and run again",
+                              path=str(path), line=number) from exc
+    with contextlib.suppress(ValueError):   # a torn last line: a crash mid-write, the record never counted
+        records.append(_record(torn))
+    return records
+
+
 def read_journal(path: Path | str) -> RunState:
-    """Parse a journal; a torn last line (crash mid-write) is ignored."""
+    """What the journal at `path` says; a torn last line (crash mid-write) is ignored. ConfigError naming the
+    file and line for a damaged one (see the module docstring)."""
     path = Path(path)
     state = RunState(run_id=path.parent.name)
-    for raw in path.read_bytes().splitlines():
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue
+    for rec in _records(path):
         if rec.get("event") == "run_started":
             state.command, state.inventory = rec.get("command", ""), rec.get("inventory", "")
             state.pid, state.started = rec.get("pid"), rec.get("ts", 0.0)

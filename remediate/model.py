@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -82,6 +83,19 @@ class Phase(StrEnum):
 UNWRITTEN = frozenset({Phase.STARTED, Phase.LOCKED, Phase.FAILED})
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print and to write as UTF-8: a byte of a configuration file that was not UTF-8 (read
+    with surrogate escapes, so that it is written back unchanged) is shown as `\\xNN`, which says which
+    byte it is; any other lone surrogate as `\\uNNNN`. Text without one is returned as it is."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: (f"\\x{ord(m.group()) - 0xDC00:02x}" if "\udc80" <= m.group() <= "\udcff"
+                                     else f"\\u{ord(m.group()):04x}"), text)
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """Something wrong on a host and the evidence for it.
@@ -106,7 +120,7 @@ class Finding:
         return f"{os.path.basename(self.file)}:{self.line or '?'}: {self.parameter}: {self.detail}"
 
     def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"code": self.code, "detail": self.text, "source": self.source}
+        out: dict[str, object] = {"code": self.code, "detail": printable(self.text), "source": self.source}
         if self.file is not None:
             out |= {"file": self.file, "line": self.line, "parameter": self.parameter}
         return out
@@ -245,11 +259,16 @@ class HostResult:
             "name": self.name, "address": self.address, "status": self.status.value, "reason": self.reason,
             "findings_before": [f.as_dict() for f in self.findings_before],
             "findings_after": [f.as_dict() for f in self.findings_after],
-            "changed": self.changed, "backup_id": self.backup_id, "diff": self.diff,
-            "error": self.error, "notes": list(self.notes), "simulation": self.simulation}
+            "changed": self.changed, "backup_id": self.backup_id, "diff": _printable(self.diff),
+            "error": _printable(self.error), "notes": [printable(n) for n in self.notes],
+            "simulation": _printable(self.simulation)}
         if self.plan is not None:
             out |= self.plan.as_dict()
         return out
+
+
+def _printable(text: str | None) -> str | None:
+    return None if text is None else printable(text)
 
 
 @dataclass(slots=True)

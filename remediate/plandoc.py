@@ -1,5 +1,6 @@
 """A plan rendered for a change ticket: Markdown, or one self-contained HTML page (inline style, no script,
-nothing fetched), from the sealed plan document (`remediate.planfile`). Pure: text in, text out.
+nothing fetched), from the sealed plan document (`remediate.planfile`). Pure: text in, text out; the text out
+is always encodable (`printable`: a byte of a configuration file that was not UTF-8 shows as `\\xNN`).
 
 Both show the same things: the header (when made, by which version, the expiry, the inventory's and the
 plan's digests, the signature), summary counts, what will change and be reloaded, and one section per host
@@ -13,6 +14,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from remediate.model import printable
 from remediate.planfile import signature_text
 
 Doc = Mapping[str, Any]
@@ -66,7 +68,7 @@ def markdown(doc: Doc) -> str:
     out += ["", "## Summary", "", _summary(doc), "", _reloads(doc), ""]
     for host in doc["hosts"]:
         out += _md_host(host)
-    return "\n".join(out).rstrip() + "\n"
+    return printable("\n".join(out).rstrip() + "\n")
 
 
 def _md_cell(text: str) -> str:
@@ -123,7 +125,7 @@ def html_page(doc: Doc) -> str:
              "</section>"]
     parts += [_html_host(host) for host in doc["hosts"]]
     parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return printable("\n".join(parts) + "\n")
 
 
 def _html_host(host: Mapping[str, Any]) -> str:

@@ -11,7 +11,8 @@ inventory's sha256, when it was made and when it expires. It is sealed:
 and optionally signed (ed25519 over the same canonical bytes; `signature`). `load_plan` refuses
 (ConfigError naming the file and key) anything but an intact, unexpired plan of this format and tool
 version: a file that is not JSON or not a plan, a changed byte anywhere (the file must also be exactly
-as `remediate` writes it, so even a whitespace edit is refused), a wrong digest or signature.
+as `remediate` writes it, so even a whitespace edit is refused), a wrong digest or signature, and a sealed
+document whose keys do not hold what `document` writes there (wrong types, missing keys).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def write_plan(doc: Mapping[str, Any], path: str | Path) -> None:
 # ---------------------------------------------------------------------- reading
 def read_document(path: str | Path, verify_with: str | Path | None = None) -> dict[str, Any]:
     """The plan document at `path`, intact: JSON, this format, exactly as written, digest (and, with
-    `verify_with`, an ed25519 public key file, the signature) right. ConfigError (file, key) otherwise."""
+    `verify_with`, an ed25519 public key file, the signature) right, every key its readers use holding what
+    `document` writes there. ConfigError (file, key) otherwise."""
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -111,8 +113,12 @@ def read_document(path: str | Path, verify_with: str | Path | None = None) -> di
         doc = json.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read the plan file: {exc.strerror or exc}", path=name) from exc
-    except ValueError as exc:
-        raise ConfigError(f"not a plan file, or a damaged or truncated one (not valid JSON: {exc})",
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a plan file, or a damaged one: byte {exc.start} is not ASCII (remediate writes "
+                          "plan files in ASCII)", path=name) from exc
+    except (ValueError, RecursionError) as exc:
+        why = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ConfigError(f"not a plan file, or a damaged or truncated one (not valid JSON: {why})",
                           path=name) from exc
     if not isinstance(doc, dict) or doc.get("command") != "plan":
         raise ConfigError("not a plan file (write one with `remediate plan -o FILE`)", path=name, key="command")
@@ -129,11 +135,65 @@ def read_document(path: str | Path, verify_with: str | Path | None = None) -> di
     if text != dumps(doc):
         raise ConfigError("the plan file was edited after it was made (its bytes are not as remediate wrote "
                           "them); nothing was contacted", path=name)
+    _check_shape(doc, name)
     if verify_with is not None:
         from remediate import signing
 
         signing.verify(canonical(doc), doc.get("signature"), verify_with, name)
     return doc
+
+
+def _is(kind: type, optional: bool = False) -> Callable[[Any], bool]:
+    """A check that a value is a `kind` (a bool is no int here), or None when `optional`."""
+    def check(value: Any) -> bool:
+        if value is None:
+            return optional
+        return isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
+    return check
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _digests(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+_DOC: dict[str, Callable[[Any], bool]] = {
+    "run_id": _is(str), "created": _is(str), "expires": _is(str), "hosts": _is(list),
+    "tool": lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "version")),
+    "inventory": lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("path", "sha256")),
+    "summary": lambda v: isinstance(v, dict) and all(type(x) is int for x in v.values())}
+_HOST: dict[str, Callable[[Any], bool]] = {
+    "name": _is(str), "address": _is(str), "status": _is(str), "reason": _is(str, True), "error": _is(str, True),
+    "diff": _is(str, True), "simulation": _is(str, True), "backup_id": _is(str, True), "changed": _is(bool),
+    "host_key": _is(str, True), "notes": _strings,
+    "findings_before": lambda v: isinstance(v, list) and all(_finding(f) for f in v),
+    "findings_after": lambda v: isinstance(v, list) and all(_finding(f) for f in v),
+    "driver": lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("name", "playbook", "digest")),
+    "resources": _digests, "candidate": _digests,
+    "commands": lambda v: isinstance(v, dict) and all(_strings(v.get(k, [])) for k in ("validate", "activate"))}
+_OPTIONAL = frozenset({"reason", "backup_id", "host_key", "driver", "resources", "candidate", "commands"})
+
+
+def _finding(f: Any) -> bool:
+    return isinstance(f, dict) and all(isinstance(f.get(k), str) for k in ("code", "detail", "source")) \
+        and _is(str, True)(f.get("file")) and _is(str, True)(f.get("parameter")) and _is(int, True)(f.get("line"))
+
+
+def _check_shape(doc: Mapping[str, Any], path: str) -> None:
+    """Every key the plan's readers use holds what `document` writes there: ConfigError naming the file and
+    the key otherwise (a plan sealed by something else than this tool, or by a bug)."""
+    for key, valid in _DOC.items():
+        if not valid(doc.get(key)):
+            raise ConfigError("missing, or not what a plan holds there", path=path, key=key)
+    for i, host in enumerate(doc["hosts"]):
+        if not isinstance(host, dict):
+            raise ConfigError("must be a host entry", path=path, key=f"hosts[{i}]")
+        for key, valid in _HOST.items():
+            if (key in host or key not in _OPTIONAL) and not valid(host.get(key)):
+                raise ConfigError("missing, or not what a plan holds there", path=path, key=f"hosts[{i}].{key}")
 
 
 def load_plan(path: str | Path, *, verify_with: str | Path | None = None, now: float | None = None,

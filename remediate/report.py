@@ -1,4 +1,5 @@
-"""Rendering results: the terminal table and recap, plan diffs, and the JSON report file."""
+"""Rendering results: the terminal table and recap, plan diffs, and the JSON report file. Text from a host's
+configuration goes out `printable` (a byte that was not UTF-8 as `\\xNN`), so no output ever fails to encode."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from remediate.model import OK_STATUSES, HostResult, RunResult, Status
+from remediate.model import OK_STATUSES, HostResult, RunResult, Status, printable
 
 STYLE = {Status.SECURE: "green", Status.COMPLIANT: "green", Status.UNCHANGED: "green",
          Status.CHANGED: "yellow", Status.WOULD_CHANGE: "yellow", Status.RESTORED: "yellow",
@@ -34,6 +35,7 @@ def _one_line(h: HostResult) -> str:
         text = config[0] if config else h.findings_before[0].text
     else:
         text = (h.notes[0] if h.notes else "") or (h.findings_before[0].text if h.findings_before else "")
+    text = printable(text)
     return text if len(text) <= 110 else text[:107] + "..."
 
 
@@ -44,9 +46,10 @@ def render(run: RunResult, console: Console, *, show_diffs: bool = False,
         for h in run.hosts:
             if h.diff:
                 console.rule(f"[bold]{h.name}[/] ({h.address})")
-                console.print(Syntax(h.diff, "diff", theme="ansi_dark", background_color="default"))
+                console.print(Syntax(printable(h.diff), "diff", theme="ansi_dark", background_color="default"))
             if h.simulation:
-                console.print(f"[bold]{h.name}[/] simulated SMTP session against the candidate: {h.simulation}",
+                console.print(f"[bold]{h.name}[/] simulated SMTP session against the candidate: "
+                              f"{printable(h.simulation)}",
                               highlight=False)
     table = Table(title=f"remediate {run.command}  run {run.run_id}", title_justify="left")
     for col in ("host", "address", "status", "findings", "changed"):
@@ -61,10 +64,10 @@ def render(run: RunResult, console: Console, *, show_diffs: bool = False,
     for h in shown:
         console.print(f"[bold]{h.name}[/]:", highlight=False)
         for f in h.findings_before:
-            console.print(f"  - {f.code} ({f.source}): {f.text}", highlight=False, markup=False)
+            console.print(f"  - {f.code} ({f.source}): {printable(f.text)}", highlight=False, markup=False)
         if h.status is Status.INCONCLUSIVE:
             for note in h.notes:
-                console.print(f"  - {note}", highlight=False, markup=False)
+                console.print(f"  - {printable(note)}", highlight=False, markup=False)
     counts = Counter(h.status.value for h in run.hosts)
     recap = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     verdict = "ok" if all(h.status in ok for h in run.hosts) else "attention needed"

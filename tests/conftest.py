@@ -54,6 +54,9 @@ def lab():
 
 def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `remediate` command line in a subprocess (real exit codes, no terminal)."""
+    """Run the real `remediate` command line in a subprocess (real exit codes, no terminal), from this
+    checkout's code (first on PYTHONPATH), whichever checkout the installed package points at."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "remediate", *args], cwd=cwd or ROOT, input=input,
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": path, **(env or {})})

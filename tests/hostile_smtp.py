@@ -109,7 +109,8 @@ class Conversation:
             self.stream.close()
 
     def send_reply(self, data: bytes) -> None:
-        """A reply, at once or one byte every `reply_trickle` seconds."""
+        """A reply, at once or one byte every `reply_trickle` seconds; `reply_delay` seconds after the command."""
+        time.sleep(self.behaviour.reply_delay)
         if not self.behaviour.reply_trickle:
             self.stream.sendall(data)
             return
@@ -222,6 +223,7 @@ class Behaviour:
     drop_after_banner = False
     trickle = 0.0  # seconds between banner bytes (0: the banner is sent at once)
     reply_trickle = 0.0  # seconds between the bytes of every other reply
+    reply_delay = 0.0  # seconds every reply after the banner waits before it is sent (whole)
     raw_banner: bytes | None = None  # sent as the greeting instead of `banner` (garbage, a huge line)
     drop_mid_reply: str | None = None  # a verb (e.g. "MAIL") whose reply is cut in half by a closed connection
     raw_replies: dict[str, bytes] = {}  # noqa: RUF012 - verb -> bytes sent instead of the reply (never mutated)

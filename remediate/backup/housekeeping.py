@@ -9,28 +9,19 @@ validated run ids. Everything but `remove`/`prune`/`prune_host` only reads.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from remediate.backup.store import BackupStore, FileRecord, Manifest, sha256
+from remediate.backup.store import BackupStore, FileRecord, Manifest, sha256, valid_run_id
 from remediate.errors import BackupError, CommandError, RemediateError, TransportError
 from remediate.model import Host
 from remediate.shell import Shell, open_shell
 
 if TYPE_CHECKING:  # types only: the store never reads journals itself
     from remediate.journal import RunState
-
-RUN_ID_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
-
-
-def valid_run_id(text: str) -> bool:
-    """True for a run id as `new_run_id` makes them (e.g. 20261128T204700Z-3f9a), and nothing else."""
-    return RUN_ID_RE.fullmatch(text) is not None
-
 
 class CopyState(StrEnum):
     INTACT = "intact"

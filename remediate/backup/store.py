@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,12 +80,73 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> Manifest:
+        """The manifest in `data` (read from `where`), every key checked. BackupError naming `where` and the
+        key when it is not JSON, or a key is missing or holds what no manifest holds (a restore must never
+        write to a path or with a digest, mode or owner that a damaged manifest made up)."""
         try:
             d = json.loads(data)
-            return cls(d["run_id"], d["host"], d["address"], d.get("host_key"), d["tool_version"],
-                       d["playbook"], d["created"], tuple(FileRecord.from_dict(f) for f in d["files"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackupError(f"manifest {where} is unreadable or incomplete: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise BackupError(f"manifest {where} is unreadable or incomplete: not JSON ({exc}); nothing was "
+                              "restored") from exc
+        problem = _manifest_problem(d)
+        if problem is not None:
+            raise BackupError(f"manifest {where} is unreadable or incomplete: {problem}; nothing was restored")
+        return cls(d["run_id"], d["host"], d["address"], d.get("host_key"), d["tool_version"],
+                   d["playbook"], d["created"], tuple(FileRecord.from_dict(f) for f in d["files"]))
+
+
+RUN_ID_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def valid_run_id(text: str) -> bool:
+    """True for a run id as `new_run_id` makes them (e.g. 20261128T204700Z-3f9a), and nothing else."""
+    return RUN_ID_RE.fullmatch(text) is not None
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+_TOP: dict[str, Callable[[Any], bool]] = {
+    "run_id": lambda v: isinstance(v, str) and valid_run_id(v), "host": lambda v: isinstance(v, str) and v != "",
+    "address": lambda v: isinstance(v, str), "host_key": lambda v: v is None or isinstance(v, str),
+    "tool_version": lambda v: isinstance(v, str), "playbook": lambda v: isinstance(v, str),
+    "created": lambda v: isinstance(v, str), "files": lambda v: isinstance(v, list)}
+_RECORD: dict[str, Callable[[Any], bool]] = {
+    "path": lambda v: isinstance(v, str) and v.startswith("/") and v != "/" and "\0" not in v
+    and posixpath.normpath(v) == v,
+    "sha256": lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None, "size": _count,
+    "mode": lambda v: isinstance(v, str) and re.fullmatch(r"0?[0-7]{1,4}", v) is not None,
+    "uid": _count, "gid": _count, "mtime": lambda v: type(v) is int}
+_RECORD_OPTIONAL: dict[str, Callable[[Any], bool]] = {
+    "owner": lambda v: isinstance(v, str), "group": lambda v: isinstance(v, str), "mtime_ns": lambda v: type(v) is int,
+    "kind": lambda v: v in ("file", "derived")}
+
+
+def _manifest_problem(d: Any) -> str | None:
+    """What is wrong with a parsed manifest, naming the key (None: nothing)."""
+    if not isinstance(d, dict):
+        return f"a JSON {type(d).__name__}, not a manifest"
+    for key, valid in _TOP.items():
+        if key not in d or (key != "host_key" and d[key] is None):
+            return f"no {key}"
+        if not valid(d[key]):
+            return f"{key}: {d[key]!r} is not what a manifest holds there"
+    seen: set[str] = set()
+    for i, record in enumerate(d["files"]):
+        if not isinstance(record, dict):
+            return f"files[{i}]: not a file record"
+        for key, valid in (*_RECORD.items(), *_RECORD_OPTIONAL.items()):
+            if key not in record and key in _RECORD:
+                return f"files[{i}]: no {key}"
+            if key in record and not valid(record[key]):
+                return f"files[{i}].{key}: {record[key]!r} is not " + (
+                    "an absolute, normalised path" if key == "path" else "what a manifest holds there")
+        if record["path"] in seen:
+            return f"files[{i}].path: {record['path']} is listed twice"
+        seen.add(record["path"])
+    return None
 
 
 def sha256(data: bytes) -> str:

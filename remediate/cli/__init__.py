@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from remediate import fleet, mta, orchestrator, plandoc, planfile, report, signing
 from remediate.cli import backups as backups_cli
@@ -290,6 +291,7 @@ def rollback(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = load_hosts(inventory, limit, playbooks)
+    applies = [s for s in list_runs(runs) if s.command == "apply"]   # read (a damaged journal refused) up front
     confirm(yes, "rollback changes hosts", f"Restore run {run or 'latest'} on {len(hosts)} host(s)?")
     begin(verbose, runs, run_id)
     st = _settings(run_id, forks, playbooks, backups, runs, break_lock)
@@ -302,7 +304,6 @@ def rollback(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
     finally:
         journal.finish()
     # reached only when every host was restored or had nothing to restore
-    applies = [s for s in list_runs(runs) if s.command == "apply"]
     for state in applies:  # the run undone: the one named, or the newest apply
         if state.interrupted and state.run_id == (run or applies[-1].run_id):
             mark_settled(runs, state.run_id, f"rolled back by {run_id}")
@@ -406,5 +407,5 @@ def main() -> None:
     try:
         app()
     except RemediateError as exc:  # anything not mapped closer to its cause
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exit_code(exc))

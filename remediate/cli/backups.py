@@ -61,7 +61,7 @@ def backups_list(inventory: Annotated[Path | None, typer.Option("-i", "--invento
                                                                 "hosts (default: every host in the store)")] = None,
                  limit: Limit = None, backups: Backups = Path("backups"), runs: Runs = Path("runs")) -> None:
     """Runs in the local backup store per host: when, which files, and what the run's journal says.
-    Contacts no host."""
+    Contacts no host. Exit 1 when a manifest is unreadable (the row says why)."""
     store = housekeeping.Backups(backups)
     pairs = sorted(store.runs())  # by host, then oldest run first
     if inventory is not None:
@@ -77,11 +77,13 @@ def backups_list(inventory: Annotated[Path | None, typer.Option("-i", "--invento
     table = Table(title=f"backups in {backups}/", title_justify="left")
     for column in ("host", "run", "created", "files", "state"):
         table.add_column(column, no_wrap=column == "run", overflow="fold")
+    unreadable = 0
     for host, run_id in pairs:
         try:
             manifest = store.local_manifest(host, run_id)
         except (RemediateError, OSError) as exc:
             table.add_row(host, run_id, "?", f"[red]manifest unreadable[/]: {escape(str(exc))}", "")
+            unreadable += 1
             continue
         assert manifest is not None  # runs() lists only folders with a manifest
         files = f"{len(manifest.files)}: " + ", ".join(f.path for f in manifest.files)
@@ -89,6 +91,8 @@ def backups_list(inventory: Annotated[Path | None, typer.Option("-i", "--invento
     # on a terminal, fit it; in a pipe or file, one line per run (whole paths, greppable)
     wide = Measurement.get(out, out.options.update_width(10_000), table).maximum
     (out if out.is_terminal else Console(file=out.file, width=wide)).print(table)
+    if unreadable:   # a backup that cannot be restored from its manifest needs attention
+        raise typer.Exit(exit_code(False))
 
 
 @app.command("show")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from remediate import fleet, mta, orchestrator, report
 from remediate.cli.progress import FleetProgress
@@ -54,7 +55,7 @@ def exit_code(outcome: bool | BaseException) -> int:
 
 def fail(problem: str | RemediateError) -> typer.Exit:
     """Print `problem` and return the Exit to raise: a plain message is bad usage (2); an error maps by type."""
-    err.print(f"[bold red]error:[/] {problem}", highlight=False, markup=isinstance(problem, str))
+    err.print(f"[bold red]error:[/] {escape(str(problem))}", highlight=False)
     return typer.Exit(EXIT_USAGE if isinstance(problem, str) else exit_code(problem))
 
 

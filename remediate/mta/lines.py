@@ -39,6 +39,24 @@ def dominant_eol(lines: Sequence[PhysicalLine]) -> str:
 
 
 def join_lines(lines: Iterable[PhysicalLine], original: str) -> str:
-    """Join lines; when ``original`` had no final line ending, the result has none either."""
-    text = "".join(line.body + line.eol for line in lines)
-    return text.removesuffix("\n").removesuffix("\r") if original and not original.endswith("\n") else text
+    """Join lines; only line endings are adjusted, never a line's text.
+
+    When ``original`` had no final line ending, the result has none either: the last line's ending is dropped
+    (when the unterminated last line was deleted, the line that became last loses its ending; a blank one
+    then vanishes). A line that lacks an ending but is no longer last (a line was added after the file's
+    unterminated last line) gets one (`completing_eol`), so two lines never run together; a ``\\r`` that ends
+    a line's text stays."""
+    lines = list(lines)
+    eol = dominant_eol(lines)
+    for index, line in enumerate(lines[:-1]):
+        if not line.eol:
+            lines[index] = PhysicalLine(line.body, completing_eol(line.body, eol))
+    if lines and lines[-1].eol and original and not original.endswith("\n"):
+        lines[-1] = PhysicalLine(lines[-1].body, "")
+    return "".join(line.body + line.eol for line in lines)
+
+
+def completing_eol(text: str, eol: str) -> str:
+    """The ending to put after unterminated `text` in a file whose line ending is `eol`: only the LF when
+    `text` already ends in the CR of a CRLF file (its final LF was lost), so the CR is kept and no CR doubled."""
+    return "\n" if eol == "\r\n" and text.endswith("\r") else eol

@@ -36,6 +36,7 @@ from remediate.mta.postfix.syntax import (
     remove_overrides,
     set_parameter,
     split_list,
+    unclosed_brace,
 )
 
 POLICIES = ("relay-auth", "auth-all")
@@ -298,16 +299,22 @@ def postfix_effective(text: str) -> dict[str, str]:
 def ensure_parameter(text: str, *, name: str, value: str) -> str:
     """Set ``name = value`` unless the effective value already equals it (as a comma/whitespace list).
 
-    Raises ConfigError for a name Postfix does not have (like ``my_network``) or a value spanning lines.
+    Raises ConfigError for a name Postfix does not have (like ``my_network``) or a value spanning lines, and
+    (naming main.cf and the line) for a value whose ``{`` is never closed: a list rebuilt from such a value
+    would swallow what is added to it, and the edit would repeat on every run.
     """
     if not _NAME.fullmatch(name) or name in NONEXISTENT:
         raise ConfigError(f"{name!r} is not a Postfix parameter" + (
             f"; use {NONEXISTENT[name]}" if name in NONEXISTENT else ""), key="name")
     if "\n" in value or "\r" in value:
         raise ConfigError("a parameter value must be a single line", key="value")
-    current = get_parameter(text, name)
-    if current is not None and split_list(current) == split_list(value):
+    current = effective_parameters(text).get(name)
+    if current is not None and split_list(current.value) == split_list(value):
         return text
+    if unclosed_brace(value):
+        raise ConfigError(f"{name} = {current.value if current else value!r}: a '{{' is never closed, so Postfix "
+                          "reads the rest of the value as one word and nothing added to it would count; close or "
+                          "remove it by hand, then run again", path="main.cf", line=current.line if current else None)
     return set_parameter(text, name, value.strip())
 
 
@@ -419,7 +426,7 @@ def remove_unsafe_overrides(text: str, *, trusted_networks: list[str], main_cf: 
     """
     trusted = _trusted(trusted_networks)
     values = postfix_effective(main_cf)
-    unsafe = [override for service in parse_services(text) if service.is_smtpd
+    unsafe = [override for service in parse_services(text, strict=True) if service.is_smtpd
               for override in service.overrides if _override_problem(override, values, trusted) is not None]
     return remove_overrides(text, unsafe) if unsafe else text
 
@@ -449,7 +456,7 @@ def audit(main_cf: str, master_cf: str, *, trusted_networks: list[str],
     inbound = _inbound_problem(params) if policy == "relay-auth" else None
     if inbound is not None:
         main("inbound_refused", *inbound)
-    services = [service for service in parse_services(master_cf) if service.is_smtpd]
+    services = [service for service in parse_services(master_cf, strict=True) if service.is_smtpd]
     sasl_main = _sasl_on(values)
     sasl_services = [service.label for service in services for override in service.overrides
                      if override.name == "smtpd_sasl_auth_enable"

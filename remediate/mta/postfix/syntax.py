@@ -3,8 +3,12 @@
 Both files share Postfix's logical-line rules: a logical line starts with a non-blank character in column 0;
 a line that starts with whitespace continues the previous logical line; empty, whitespace-only and comment
 lines (first non-blank character ``#``) are skipped and do not end a logical line. Lines end with ``\\n`` or
-``\\r\\n``; the last line may have no ending. Values are parsed here too: lists, restriction lists, networks.
-Nothing here does I/O.
+``\\r\\n``; the last line may have no ending. A logical line is the concatenation of its physical lines, so
+the ``=`` of a parameter may sit on a continuation line. Only ASCII whitespace separates (a ``\\r`` is
+whitespace, so CRLF files read as Postfix reads them); other bytes, including those that are not UTF-8
+(carried as surrogate escapes), are ordinary text and kept as they are. A NUL byte inside a setting is
+refused (ConfigError): Postfix's C strings end there. Values are parsed here too: lists, restriction lists,
+networks. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -13,10 +17,21 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 
-from remediate.mta.lines import WHITESPACE, PhysicalLine, dominant_eol, join_lines, split_lines
+from remediate.errors import ConfigError
+from remediate.mta.lines import (
+    WHITESPACE,
+    PhysicalLine,
+    completing_eol,
+    dominant_eol,
+    join_lines,
+    split_lines,
+)
 
-_NAME_VALUE = re.compile(r"([^\s=]+)[ \t\r\f\v]*=(.*)", re.DOTALL)
+#: `name = value` as Postfix splits it (split_nameval): only ASCII whitespace separates
+_NAME_VALUE = re.compile(r"([^ \t\r\n\f\v=]+)[ \t\r\n\f\v]*=(.*)", re.DOTALL)
 _TAKES_ARGUMENT = re.compile(r"check_(?!relay_domains$)\w+|reject_rbl_client|reject_rhsbl_\w+|"
                              r"permit_dnswl_client|permit_rhswl_client|sleep")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -102,21 +117,48 @@ def logical_lines(lines: Sequence[PhysicalLine]) -> list[tuple[int, ...]]:
 
 
 def parse_parameters(lines: Sequence[PhysicalLine]) -> list[Parameter]:
-    """Every ``name = value`` logical line of a main.cf, in file order (lines without ``=`` are skipped)."""
+    """Every ``name = value`` logical line of a main.cf, in file order, read as Postfix reads it: the physical
+    lines joined, then split at the first ``=`` (which may sit on a continuation line). A logical line
+    without ``=`` is skipped (Postfix refuses the whole file for it, and so does validation).
+
+    Raises ConfigError (naming main.cf and the line) for a NUL byte inside a setting: Postfix stops reading
+    the logical line at it, so the value it uses is not the text; no parse of such a file can be trusted."""
     parameters = []
     for group in logical_lines(lines):
-        match = _NAME_VALUE.fullmatch(lines[group[0]].body)
+        _refuse_nul(lines, group, "main.cf")
+        bodies = [lines[index].body for index in group]
+        match = _NAME_VALUE.fullmatch("".join(bodies))
         if match is None:
             continue
-        pieces = [match.group(2)] + [lines[index].body for index in group[1:]]
+        pieces, start = [], 0
+        for body in bodies:   # the value, cut back into its physical lines
+            pieces.append(body[max(match.start(2) - start, 0):])
+            start += len(body)
         value = " ".join(piece.strip(WHITESPACE) for piece in pieces if piece.strip(WHITESPACE))
         parameters.append(Parameter(match.group(1), value, group))
     return parameters
 
 
-def effective_parameters(text: str) -> dict[str, Parameter]:
-    """The occurrence of each parameter that Postfix uses: the last one in the file."""
-    return {parameter.name: parameter for parameter in parse_parameters(split_lines(text))}
+def _refuse_nul(lines: Sequence[PhysicalLine], group: Sequence[int], file: str) -> None:
+    for index in group:
+        if "\x00" in lines[index].body:
+            raise ConfigError("a NUL byte inside a setting: Postfix stops reading the line there, so what it "
+                              "makes of this file cannot be read reliably; remove the byte (a text file holds "
+                              "none) and run again", path=file, line=index + 1)
+
+
+@lru_cache(maxsize=4)
+def _parsed(text: str) -> tuple[tuple[PhysicalLine, ...], tuple[Parameter, ...]]:
+    """The physical lines of ``text`` and its parameters. Cached: a policy's transforms and the audit read
+    the same text several times, and a large main.cf (megabytes) would otherwise be parsed each time."""
+    lines = tuple(split_lines(text))
+    return lines, tuple(parse_parameters(lines))
+
+
+@lru_cache(maxsize=4)
+def effective_parameters(text: str) -> Mapping[str, Parameter]:
+    """The occurrence of each parameter that Postfix uses: the last one in the file (read-only)."""
+    return MappingProxyType({parameter.name: parameter for parameter in _parsed(text)[1]})
 
 
 def split_list(value: str) -> list[str]:
@@ -138,6 +180,17 @@ def split_list(value: str) -> list[str]:
     if current:
         items.append("".join(current))
     return items
+
+
+def unclosed_brace(value: str) -> bool:
+    """True when a ``{`` of `value` is never closed: Postfix (mystrtokq) then reads the rest as one word."""
+    depth = 0
+    for char in value:
+        if char == "{":
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+    return depth > 0
 
 
 def reference(item: str) -> str | None:
@@ -218,16 +271,16 @@ def set_parameter(text: str, name: str, value: str) -> str:
     The continuation lines of the replaced logical line go; comment and blank lines inside it stay. Every
     other byte, including the final-newline state, is kept.
     """
-    lines = split_lines(text)
+    lines, parameters = _parsed(text)
     new_body = f"{name} = {value}".rstrip(WHITESPACE)
-    occurrences = [parameter for parameter in parse_parameters(lines) if parameter.name == name]
+    occurrences = [parameter for parameter in parameters if parameter.name == name]
     if not occurrences:
         eol = dominant_eol(lines)
         if not text:
             return new_body + eol
         if text.endswith("\n"):
             return text + new_body + eol
-        return text + eol + new_body
+        return text + completing_eol(text, eol) + new_body
     target = occurrences[-1]
     first = target.lines[0]
     new_lines = list(lines)
@@ -290,11 +343,15 @@ def _override(option: Token, argument: Token | None) -> Override | None:
     return Override(name, value, tokens)
 
 
-def parse_services(text: str) -> list[Service]:
-    """Every service entry of a master.cf with its ``-o`` overrides, in file order."""
+def parse_services(text: str, *, strict: bool = False) -> list[Service]:
+    """Every service entry of a master.cf with its ``-o`` overrides, in file order. `strict` (for judging and
+    editing): ConfigError naming master.cf and the line for a NUL byte inside an entry, as `parse_parameters`
+    (not strict, what finds the services to probe: a NUL is one more character)."""
     lines = split_lines(text)
     services = []
     for group in logical_lines(lines):
+        if strict:
+            _refuse_nul(lines, group, "master.cf")
         tokens = _tokens(lines, group)
         if len(tokens) < 8:
             continue
