@@ -224,8 +224,8 @@ class PlaybookDriver:
                                                                             facts.outputs))
         changed = tuple(n for n in files if texts[n] != facts.text(n))
         diff = "".join(
-            "".join(difflib.unified_diff(facts.text(n).splitlines(keepends=True), texts[n].splitlines(keepends=True),
-                                         fromfile=f"a{files[n]}", tofile=f"b{files[n]}"))
+            "".join(difflib.unified_diff(_lines(facts.text(n)), _lines(texts[n]), fromfile=f"a{files[n]}",
+                                         tofile=f"b{files[n]}"))
             for n in changed)
         return Candidate(MappingProxyType(texts), changed, diff)
 
@@ -390,6 +390,13 @@ def private_path(root: str, copy: str, path: str) -> str:
     if not under(root, path):
         raise ValidationError(f"{path} is outside {root}; validating it in a private copy would write the live file")
     return posixpath.join(copy, posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root)))
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as the MTA reads them, ended by LF only (str.splitlines would also split at \\f, \\v, \\x1c-\\x1e,
+    \\x85 and U+2028/9, ordinary characters of a line to Postfix, Exim and Sendmail); the last may lack it."""
+    lines = text.split("\n")
+    return [f"{line}\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
 def _short(digest: str | None) -> str:

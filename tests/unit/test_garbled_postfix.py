@@ -431,10 +431,6 @@ def test_a_change_to_a_file_with_bytes_not_utf8_is_shown_everywhere_without_an_e
                 "the file itself keeps the byte", None, 0)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "remediate/mta/postfix/driver.py smtp_services (not edited here): `int(name) if name.isdigit()` takes '²' "
-    "(str.isdigit is true, int() raises ValueError: scan, plan and apply of the host crash) and reads '٢٥' as "
-    "port 25 and '99999' as a port. Fix: `name.isascii() and name.isdigit() and 0 < int(name) < 65536`"))
 def test_a_master_cf_service_named_with_digits_postfix_does_not_take_is_no_port_to_probe() -> None:
     master_cf = "²  inet n - y - - smtpd\n٢٥ inet n - y - - smtpd\n99999 inet n - y - - smtpd\n".encode()
     context = DRIVER.probe_context(HOST, Facts({"main_cf": b"", "master_cf": master_cf}, {}, {}))
@@ -446,3 +442,15 @@ def test_a_nul_byte_in_master_cf_still_lets_scan_find_the_services_to_probe() ->
     master_cf = b"submission inet n - y - - smtpd\n  -o smtpd_relay_restrictions=permit\0\n"
     context = DRIVER.probe_context(HOST, Facts({"main_cf": b"", "master_cf": master_cf}, {}, {}))
     assert [(s.name, s.port) for s in context.services] == [("submission", 587)]
+
+
+def test_the_diff_splits_lines_where_postfix_does_only_at_newlines() -> None:
+    """A form feed or U+2028 inside a comment is part of its line to Postfix; the diff shows that line whole,
+    and applying the diff's lines gives the candidate back."""
+    main_cf = "# page one\fpage two \u2028 still one line\nmynetworks = 0.0.0.0/0\n".encode()
+    facts = Facts({"main_cf": main_cf, "master_cf": b""}, {}, {})
+    cand = DRIVER.candidate(facts, HOST, DRIVER.playbook.policies["relay-auth"])
+    assert "main_cf" in cand.changed
+    context = [line for line in cand.diff.splitlines() if line.startswith(" ")]
+    assert " # page one\fpage two \u2028 still one line" in cand.diff.split("\n")
+    assert all("\f" not in line or line.startswith(" # page one") for line in context)

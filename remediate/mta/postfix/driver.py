@@ -122,7 +122,7 @@ class PostfixDriver(PlaybookDriver):
                 overrides.setdefault(label, []).append(f"{name}={value}")
         restrictions, myhostname, mydestination = [*values.out.splitlines(), "", "", ""][:3]
         local = host.mail_domain or myhostname.strip()
-        others = smtp_services(master_cf.decode("utf-8", "replace"))
+        others = smtp_services(master_cf.decode("utf-8", "surrogateescape"))
 
         def session(label: str, expect_local: str) -> tuple[ProbeResult, Verdict]:
             name, _, kind = label.partition("/")
@@ -161,7 +161,9 @@ def smtp_services(master_cf: str) -> tuple[SmtpService, ...]:
     found = []
     for service in rules.parse_services(master_cf):
         host, _, name = service.name.rpartition(":")
-        port = _PORTS.get(name) or (int(name) if name.isdigit() else None)
+        # a numeric service name is a port only in ASCII digits within 1-65535 (what getservbyname/atoi take)
+        port = _PORTS.get(name) or (int(name) if name.isascii() and name.isdigit() and 0 < int(name) < 65536
+                                    else None)
         if not service.is_smtpd or service.type != "inet" or port in (None, 25) or host.startswith(_LOOPBACK):
             continue
         options = {o.name: o.value.strip().lower() for o in service.overrides}
