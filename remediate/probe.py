@@ -246,15 +246,19 @@ class _Link:
     Each session runs at most `_ROTATE_AFTER` tests and is then ended (MTAs tarpit or drop a session after so
     many errors). A test the session broke during (a drop, timeout, garbage or 421) is retried once on a fresh
     session, and tests it never answered go to a fresh session too; `_MAX_STRIKES` failures in a row (failed
-    opens or broken tests, across sessions) give up. `start` opens two sessions at once: the second is the
-    retry of the first, else the STARTTLS session (`lend`) or a relay session. `results` holds every attempt
-    by the index of its test; `refused`, the senders whose MAIL was refused (pipelined groups send them no RCPT).
+    opens or broken tests, across sessions) give up. Every session of the probe holds one of `_MAX_SESSIONS`
+    slots; an open refused while other sessions are open (a server that limits each client's connections) is
+    no strike: the slots shrink to the sessions open then, and it is tried again when one is free. `start`
+    opens two sessions at once: the second is the retry of the first, else the STARTTLS session (`lend`) or a
+    relay session. `results` holds every attempt by the index of its test; `refused`, the senders whose
+    MAIL was refused (pipelined groups send them no RCPT).
     """
 
     def __init__(self, opener: Callable[[], _Opened], pool: ThreadPoolExecutor) -> None:
         self._opener, self._pool = opener, pool
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._ready: deque[Future[_Opened]] = deque()
+        self._active, self._slots = 0, _MAX_SESSIONS  # sessions opening or open; how many at once
         self._tries: dict[int, int] = {}
         self.first: _Opened | None = None
         self.errors: list[str] = []
@@ -269,30 +273,57 @@ class _Link:
 
     def start(self) -> _Opened | None:
         """Open two sessions at once; the first one that works (`first`), or None when both failed."""
+        self._active += 2
         self._ready.extend(self._pool.submit(self._opener) for _ in range(2))
         return self.take()
 
     def lend(self) -> Future[_Opened] | None:
-        """The spare session opened by `start`, for a session that is not a relay one (no strike if it failed)."""
+        """The spare session opened by `start` (with its slot: `release` it), for a session that is not a relay
+        one; its failure is no strike."""
         with self._lock:
             return self._ready.popleft() if self._ready else None
 
     def take(self) -> _Opened | None:
-        """A fresh session (the spare, else a new one); None once the link gave up. A failed open is a strike."""
+        """A fresh relay session (the spare, else a new one) in a slot of its own; None once the link gave up.
+        A failed open is a strike unless other sessions were open (`crowded`) or it was the spare and a session
+        already worked."""
         while True:
             with self._lock:
                 if not self.alive:
                     return None
                 ready = self._ready.popleft() if self._ready else None
-            opened = ready.result() if ready is not None else self._opener()
+            opened = ready.result() if ready is not None else self.open()
             with self._lock:
                 self.opens += 1
                 self.connected |= opened.connected
+                spare_only = ready is not None and self.first is not None and self.first.session is not None
                 if self.first is None or self.first.session is None:
                     self.first = opened
                 if opened.session is not None:
                     return opened
-                self._strike(opened.error or "no session")
+                self.release()
+                if not self.crowded(opened) and not spare_only:
+                    self._strike(opened.error or "no session")
+
+    def open(self) -> _Opened:
+        """A new session in a free slot (waits for one); `release` the slot when it has ended."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._active < self._slots)
+            self._active += 1
+        return self._opener()
+
+    def release(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._lock.notify_all()
+
+    def crowded(self, opened: _Opened) -> bool:
+        """After a failed open (its slot released): were other sessions open? Then fewer slots from now on."""
+        with self._lock:
+            if self._active and opened.connected:
+                self._slots = min(self._slots, self._active)
+                return True
+            return False
 
     def run(self, tests: Sequence[tuple[int, Test]], opened: _Opened) -> None:
         """The first group (one test per sender) on `opened`, then, if the link still stands, the other tests in
@@ -315,6 +346,7 @@ class _Link:
                 refused = frozenset(self.refused)
             outcomes = _run(opened.session, [test for _, test in batch], pipelining=opened.pipelining,
                             refused=refused)
+            self.release()
             pending = self._settle(batch, outcomes) + pending
             opened = None
 
@@ -346,6 +378,23 @@ class _Link:
         while (ready := self.lend()) is not None:
             if (session := ready.result().session) is not None:
                 session.quit()
+            self.release()
+
+    def alone(self, spare: Future[_Opened] | None = None) -> _Opened:
+        """A session that is not a relay one: `spare` if it worked, else a new one (refused while others were
+        open: once more when a slot is free). When it returns a session, that holds a slot: `release` it once
+        the session has ended."""
+        opened = spare.result() if spare is not None else self.open()
+        for _ in range(2):
+            if opened.session is not None:
+                return opened
+            self.release()
+            if not (self.crowded(opened) or spare is not None):
+                return opened
+            spare, opened = None, self.open()
+        if opened.session is None:
+            self.release()
+        return opened
 
     def _strike(self, error: str) -> None:
         self.strikes += 1
@@ -387,21 +436,38 @@ class _Tls:
     errors: list[str] = field(default_factory=list)
 
 
-def _tls_session(spare: Future[_Opened] | None, opener: Callable[[], _Opened], helo: str, domain: str,
+def _tls_session(link: _Link, spare: Future[_Opened] | None, helo: str, domain: str,
                  plain_auth: tuple[str, ...]) -> _Tls:
     """EHLO after STARTTLS on a session of its own (the spare, else a new one), and AUTH ANONYMOUS there when
     only TLS offers it. Never raises."""
     seen = _Tls()
-    opened = spare.result() if spare is not None else None
-    opened = _starttls(opened if opened is not None and opened.session else opener(), scanner_tls_context(), helo)
-    if opened.session is None or opened.ehlo is None:
-        seen.errors.append(f"STARTTLS session: {opened.error}")
+    opened = link.alone(spare)
+    held = opened.session is not None
+    opened = _starttls(opened, scanner_tls_context(), helo)
+    try:
+        if opened.session is None or opened.ehlo is None:
+            seen.errors.append(f"STARTTLS session: {opened.error}")
+            return seen
+        seen.auth = parse_ehlo(opened.ehlo).auth
+        if "ANONYMOUS" in seen.auth and "ANONYMOUS" not in plain_auth:  # only reachable inside TLS
+            seen.anonymous, seen.anon_relay = _anonymous_session(opened, helo, domain, seen.errors)
+        opened.session.quit()
         return seen
-    seen.auth = parse_ehlo(opened.ehlo).auth
-    if "ANONYMOUS" in seen.auth and "ANONYMOUS" not in plain_auth:  # only reachable inside TLS
-        seen.anonymous, seen.anon_relay = _anonymous_session(opened, helo, domain, seen.errors)
-    opened.session.quit()
-    return seen
+    finally:
+        if held:
+            link.release()
+
+
+def _anonymous_alone(link: _Link, helo: str, domain: str, errors: list[str]
+                     ) -> tuple[Reply | None, RelayAttempt | None]:
+    """`_anonymous_session` in a slot of the link."""
+    opened = link.alone()
+    held = opened.session is not None
+    try:
+        return _anonymous_session(opened, helo, domain, errors)
+    finally:
+        if held:
+            link.release()
 
 
 def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.example.net",
@@ -439,9 +505,9 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
         tests = list(enumerate([*forms, *([local] if local else [])]))
 
         anon_errors: list[str] = []
-        tls_job = (pool.submit(_tls_session, link.lend(), opener, helo, probe_domain, caps.auth)
+        tls_job = (pool.submit(_tls_session, link, link.lend(), helo, probe_domain, caps.auth)
                    if tls and caps.starttls else None)
-        anon_job = (pool.submit(lambda: _anonymous_session(opener(), helo, probe_domain, anon_errors))
+        anon_job = (pool.submit(_anonymous_alone, link, helo, probe_domain, anon_errors)
                     if "ANONYMOUS" in caps.auth else None)
         link.run(tests, opened)
         seen = tls_job.result() if tls_job else _Tls()

@@ -70,7 +70,13 @@ class Conversation:
 
     def run(self) -> None:
         b = self.behaviour
+        with b.lock:
+            b.open_now += 1
+            crowded = b.max_sessions is not None and b.open_now > b.max_sessions
         try:
+            if crowded:   # Postfix's anvil, Exim's smtp_accept_max_per_host
+                self.stream.sendall(b"421 4.7.0 mx.hostile.test Error: too many connections from you\r\n")
+                return
             if b.silent:
                 while self.stream.recv(4096):
                     pass
@@ -107,6 +113,8 @@ class Conversation:
             pass
         finally:
             self.stream.close()
+            with b.lock:
+                b.open_now -= 1
 
     def send_reply(self, data: bytes) -> None:
         """A reply, at once or one byte every `reply_trickle` seconds; `reply_delay` seconds after the command."""
@@ -229,11 +237,13 @@ class Behaviour:
     raw_replies: dict[str, bytes] = {}  # noqa: RUF012 - verb -> bytes sent instead of the reply (never mutated)
     stall_tls = False  # answer STARTTLS with 220, then never take part in the handshake
     max_errors: int | None = None
+    max_sessions: int | None = None  # connections open at once; beyond: 421 at the greeting
     anonymous_reply = "235 2.7.0 Authentication successful"
     local_domains = ("example.org",)
 
     def __init__(self, **overrides: object) -> None:
         self.traces: list[str] = []
+        self.lock, self.open_now = threading.Lock(), 0
         for key, value in overrides.items():
             assert hasattr(self, key), key
             setattr(self, key, value)
@@ -322,7 +332,7 @@ class Drop421Once(Behaviour):
 
     def __init__(self, **overrides: object) -> None:
         super().__init__(**overrides)
-        self.lock, self.hit = threading.Lock(), ""
+        self.hit = ""
 
     def relay(self, conv: Conversation, address: str) -> str:
         with self.lock:

@@ -632,6 +632,18 @@ def test_a_drop_mid_batch_loses_no_test_and_retries_on_a_fresh_session() -> None
     assert judge(result).status == Status.SECURE
 
 
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_a_server_that_limits_each_clients_connections_gets_the_same_verdict(limit: int,
+                                                                             server_tls: ssl.SSLContext) -> None:
+    options = {"tls": server_tls, "auth": ("PLAIN", "ANONYMOUS"), "local_domain": "example.org"}
+    alone, _ = run(OpenRelay(**{k: v for k, v in options.items() if k != "local_domain"}),
+                   local_domain="example.org")
+    limited, server = run(OpenRelay(max_sessions=limit, tls=server_tls, auth=("PLAIN", "ANONYMOUS")),
+                          local_domain="example.org")
+    assert outcome(limited) == outcome(alone) and limited.errors == ()
+    assert limited.tls_auth == ("PLAIN", "ANONYMOUS") and limited.anonymous_attempt is not None
+
+
 def test_send_group_allows_only_what_rfc_2920_allows() -> None:
     client, other = socket.socketpair()
     with client, other:
