@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +64,8 @@ HELO = "probe.remediate.example"  # the name the probe (and every simulated sess
 #: from Sendmail and Exim with sender verification, which would say nothing about inbound mail)
 LOCAL_SENDER = ""
 _MAX_STRIKES = 2
+#: a whole probe of one service may take this many read timeouts (see `probe`)
+BUDGET_READS = 6
 _ROTATE_AFTER = 6  # relay tests per session: under the error tarpits (one MTA we know sleeps from ten errors on)
 _MAX_SESSIONS = 5  # connections to one host at once
 _LEARN = 4  # the first group: the first test of each sender, to learn which MAIL FROMs are refused
@@ -203,13 +206,17 @@ class _Opened:
     pipelining: bool = False  # this session's EHLO advertised PIPELINING
 
 
-def _open(connect: Connect, address: str, port: int, helo: str, timeout: float) -> _Opened:
-    """Connect, read the banner, EHLO; never raises, reports `error`."""
+def _open(connect: Connect, address: str, port: int, helo: str, timeout: float,
+          deadline: float | None = None) -> _Opened:
+    """Connect, read the banner, EHLO, all before `deadline` (time.monotonic()); never raises, reports `error`."""
+    left = timeout if deadline is None else min(timeout, deadline - time.monotonic())
+    if left <= 0:
+        return _Opened(None, error=f"not connected to {address}:{port}: the probe's deadline passed")
     try:
-        stream = connect(address, port, timeout)
+        stream = connect(address, port, left)
     except OSError as exc:
         return _Opened(None, error=f"cannot connect to {address}:{port}: {exc}")
-    session, opened = SmtpSession(stream, timeout=timeout), _Opened(None, connected=True)
+    session, opened = SmtpSession(stream, timeout=timeout, deadline=deadline), _Opened(None, connected=True)
     try:
         opened.banner = session.read_reply()
         if opened.banner.klass != 2:
@@ -473,10 +480,13 @@ def _anonymous_alone(link: _Link, helo: str, domain: str, errors: list[str]
 def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.example.net",
           local_domain: str | None = None, own_domains: Sequence[str] | None = None, helo: str = HELO,
           timeout: float = 10.0, source_address: str | None = None, tls: bool = True,
-          connect: Connect | None = None) -> ProbeResult:
+          connect: Connect | None = None, budget: float | None = None) -> ProbeResult:
     """Probe a live MTA from here. Never raises for network trouble (it lands in `errors`); raises ValueError
     for a malformed domain or HELO name. Runs nmap's 16 relay forms and `extra_forms` (own-domain senders:
     `own_domains`, default `local_domain`), reconnecting after drops or 421s.
+
+    Each read waits at most `timeout` s, the whole probe `budget` s (default `BUDGET_READS` read timeouts, 60 s;
+    a healthy MTA needs well under one): past it, a "deadline" error and unfinished tests judge inconclusive.
 
     Sessions run at once, at most `_MAX_SESSIONS`: the first one's EHLO decides the rest (STARTTLS, AUTH
     ANONYMOUS, PIPELINING); its first group (one test per sender) runs before the other relay sessions start,
@@ -486,8 +496,11 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
     own = _own(own_domains, local_domain)
     connect = connect or default_connect(source_address)
 
+    started = time.monotonic()
+    deadline = started + (budget if budget is not None else BUDGET_READS * timeout)
+
     def opener() -> _Opened:
-        return _open(connect, address, port, helo, timeout)
+        return _open(connect, address, port, helo, timeout, deadline)
 
     with ThreadPoolExecutor(_MAX_SESSIONS, thread_name_prefix=f"probe-{address}") as pool:
         link = _Link(opener, pool)
@@ -514,15 +527,26 @@ def probe(address: str, port: int = 25, *, probe_domain: str = "relaytest.exampl
         anonymous, anon_relay = anon_job.result() if anon_job else (seen.anonymous, seen.anon_relay)
 
     attempts = tuple(link.results[i] for i in range(len(forms)) if i in link.results)
-    errors = list(link.errors)
-    if len(attempts) < len(forms):
-        errors.append(f"only {len(attempts)} of {len(forms)} relay tests were tried")
+    errors = [*link.errors, *_shortfall(attempts, len(forms), deadline - started if time.monotonic() >= deadline
+                                        else None)]
     local_attempt = None
     if local:  # recorded as dropped if the link gave up
         local_attempt = link.results.get(len(forms), RelayAttempt(local[1], local[2], None, None, True, 0))
     return ProbeResult(address, port, first.banner, source or source_address, caps.auth, caps.starttls,
                        seen.auth, anonymous, attempts, local_attempt, tuple(errors + seen.errors + anon_errors),
                        anon_relay, max(0, link.opens - 1), first.ehlo, connected=True)
+
+
+def _shortfall(attempts: Sequence[RelayAttempt], planned: int, deadline: float | None) -> list[str]:
+    """What kept the relay tests from all being answered: the probe's deadline (`deadline`: its seconds, when it
+    passed), tests never tried."""
+    found = []
+    if deadline is not None:
+        found.append(f"the probe's deadline ({deadline:.3g}s) passed after {sum(not a.dropped for a in attempts)} "
+                     f"of {planned} relay tests")
+    if len(attempts) < planned:
+        found.append(f"only {len(attempts)} of {planned} relay tests were tried")
+    return found
 
 
 def _own(own_domains: Sequence[str] | None, local_domain: str | None) -> tuple[str, ...]:

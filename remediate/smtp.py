@@ -83,8 +83,9 @@ class SmtpSession:
     several commands go out in one write and `read_reply` then returns their replies one by one, in order.
     """
 
-    def __init__(self, stream: Stream, *, timeout: float = 10.0) -> None:
+    def __init__(self, stream: Stream, *, timeout: float = 10.0, deadline: float | None = None) -> None:
         self.stream, self.timeout = stream, timeout
+        self.deadline = deadline  # time.monotonic() after which no read or write waits any more (a whole probe's)
         self._buf, self._last = b"", "the greeting"
         self._pending: deque[str] = deque()  # verbs sent whose replies are still to be read, in order
         self._quit_sent = False
@@ -102,8 +103,19 @@ class SmtpSession:
         self.broken = self.broken or reply.code == 421
         return reply
 
+    def _wait(self) -> float:
+        """Seconds the next read or write may wait: `timeout`, or less when the probe's deadline is nearer.
+        ProbeTimeout when that deadline has passed."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.broken = True
+            raise ProbeTimeout(f"the probe's deadline passed before {self._last}")
+        return min(self.timeout, left)
+
     def _read_reply(self) -> Reply:
-        deadline, lines = time.monotonic() + self.timeout, []
+        deadline, lines = time.monotonic() + self._wait(), []
         while True:
             m = _REPLY_LINE.fullmatch(self._readline(deadline))
             if not m:
@@ -151,7 +163,7 @@ class SmtpSession:
         if not isinstance(self.stream, socket.socket):
             raise ProbeError("STARTTLS needs a socket; this stream cannot carry TLS")
         self._buf, self.broken = b"", True  # until the handshake completes
-        self.stream.settimeout(self.timeout)
+        self.stream.settimeout(self._wait())
         try:
             self.stream = context.wrap_socket(self.stream)
         except TimeoutError as exc:
@@ -180,7 +192,7 @@ class SmtpSession:
 
     def _send(self, data: bytes) -> None:
         try:
-            self.stream.settimeout(self.timeout)
+            self.stream.settimeout(self._wait())
             self.stream.sendall(data)
         except TimeoutError as exc:
             self.broken = True
