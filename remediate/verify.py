@@ -46,15 +46,17 @@ def _probe_port(host: Host, context: ProbeContext, port: int, expect_local: str,
     return verdict, result
 
 
-def probe_until_secure(host: Host, context: ProbeContext, expect_local: str, attempts: int = 4,
-                       delay: float = 1.0) -> tuple[Verdict, ProbeResult]:
-    """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out; `delay` in seconds.
-    Returns the last verdict and what the last probe of the probe port saw."""
+def probe_until_secure(host: Host, context: ProbeContext, expect_local: str, attempts: int = 5,
+                       first_delay: float = 0.2) -> tuple[Verdict, ProbeResult]:
+    """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out, waiting `first_delay`
+    seconds, then twice as long each time (0.2, 0.4, 0.8, 1.6: 3 s in all by default). A reload takes effect
+    asynchronously: the master starts new smtpd processes with the new configuration while idle old ones
+    may still take a connection. Returns the last verdict and what the last probe of the probe port saw."""
     verdict, result = outside_probe(host, context, expect_local)
-    for _ in range(attempts - 1):
+    for attempt in range(attempts - 1):
         if verdict.status is Status.SECURE:
             break
-        time.sleep(delay)
+        time.sleep(first_delay * 2 ** attempt)
         verdict, result = outside_probe(host, context, expect_local)
     return verdict, result
 
