@@ -257,16 +257,11 @@ def _manifest(store: Backups, run_id: str = RUN) -> Path:
 
 
 def _manifest_edit(path: str, value: Any) -> Callable[[bytes], bytes]:
+    edit = _set(path, value)
+
     def damage(raw: bytes) -> bytes:
         doc = json.loads(raw)
-        *parents, last = path.split(".")
-        target: Any = doc
-        for key in parents:
-            target = target[int(key)] if key.isdigit() else target[key]
-        if value is KeyError:
-            del target[last]
-        else:
-            target[last] = value
+        edit(doc)
         return json.dumps(doc, indent=2).encode()
     return damage
 
