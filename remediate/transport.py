@@ -216,7 +216,7 @@ class Connection:
             chan.settimeout(timeout)
             chan.exec_command(cmd)
             if input is not None:
-                chan.sendall(input)
+                _send_input(chan, input)
             chan.shutdown_write()
             out, err = _drain(chan, timeout)
             rc = chan.recv_exit_status()
@@ -328,6 +328,17 @@ def known_hosts_name(host: Host) -> str:
     """How known_hosts names the host: its address, or `[address]:port` off port 22."""
     port = host.connection.port
     return host.address if port == 22 else f"[{host.address}]:{port}"
+
+
+def _send_input(chan: paramiko.Channel, data: bytes) -> None:
+    """Send a command's stdin. A command may exit without reading it (`set -C; cat > FILE` when FILE exists):
+    its channel is then closed and its exit status tells the caller what happened, so that is not an error;
+    any other failure to send is (OSError)."""
+    try:
+        chan.sendall(data)
+    except OSError:
+        if not (chan.closed or chan.exit_status_ready()):
+            raise
 
 
 def _tcp(hostname: str, port: int, timeout: float) -> socket.socket:
