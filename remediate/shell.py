@@ -1,11 +1,12 @@
 """Every remote file and OS primitive, in one place: the only module that builds a remote command.
 
 `Shell` is what the rest of the tool (drivers, backups, locks, rollback) sees of a host: read, stat,
-atomic write, exclusive create, mkdir, sha256, list, remove, a private temporary directory, restore of
-metadata, and `run`/`open_stream` for a driver's own argument vectors (quoted by the session, never
-joined here). `PosixShell` implements it over an SSH `Connection` (`become` runs through `sudo -n`);
-a PowerShell implementation joins for Windows hosts. Where the tool keeps its own state on a host is a
-property of the shell (`lock_path`, `backup_root`), not a constant elsewhere.
+atomic write, exclusive create, mkdir, sha256, list, remove, a private copy of a directory, restore of
+metadata, `gather` (many of these in one round trip), and `run`/`open_stream` for a driver's own argument
+vectors (quoted by the session; `gather` joins them with shlex). `PosixShell` implements it over an SSH
+`Connection` (`become` runs through `sudo -n`); a PowerShell implementation joins for Windows hosts. Where
+the tool keeps its own state on a host is a property of the shell (`lock_path`, `backup_root`), not a
+constant elsewhere.
 
 Errors: a command that fails raises `CommandError` (host, command, exit status, stderr); a lost
 connection or a command past its timeout raises `TransportError`.
@@ -128,8 +129,6 @@ class Shell(Protocol):
     def sha256(self, paths: Sequence[str]) -> dict[str, str]: ...
     def listdir(self, path: str) -> list[str]: ...
     def remove(self, path: str, *, recursive: bool = False) -> None: ...
-    def copy_tree(self, source: str, target: str) -> None: ...
-    def tempdir(self, prefix: str) -> AbstractContextManager[str]: ...
     def restore_metadata(self, path: str, st: FileStat) -> None: ...
     def listener(self, port: int) -> str | None: ...
     def signal(self, pidfile: str, name: str, *, group: bool = False) -> None: ...
@@ -275,19 +274,6 @@ class PosixShell:
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
         self.conn.run(["rm", "-rf" if recursive else "-f", "--", path])
-
-    def copy_tree(self, source: str, target: str) -> None:
-        """Copy the contents of directory `source` into `target`, keeping modes, owners and times."""
-        self.conn.run(["cp", "-a", "--", source.rstrip("/") + "/.", target])
-
-    @contextmanager
-    def tempdir(self, prefix: str) -> Iterator[str]:
-        """A private (0700) temporary directory on the host, removed with everything in it afterwards."""
-        path = self.conn.run(["mktemp", "-d", "-t", f"{prefix}.XXXXXX"]).out.strip()
-        try:
-            yield path
-        finally:
-            self.conn.run(["rm", "-rf", "--", path], check=False)
 
     def restore_metadata(self, path: str, st: FileStat) -> None:
         """Give `path` back its owner, mode and mtime (to the nanosecond)."""
