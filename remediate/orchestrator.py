@@ -3,7 +3,7 @@
 Changing runs are sequences of steps of the phase machine (`remediate.phases`). apply, per host:
 
     connect → driver (inventory mta, or detected for `auto`) → read → transform (pure)
-    → [unchanged: stop, touch nothing] → lock
+    → probe from outside (in a thread, joined before the backup) → [unchanged: stop, touch nothing] → lock
     → validate the candidate (private copy + simulated session) → back up (local, then host)
     → write atomically → check → activate → probe from outside → verified
       └─ any failure after the backup → restore byte-identical resources, activate, re-probe → rolled_back
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from remediate.phases import (
     run_steps,
 )
 from remediate.shell import Shell, connect, open_shell
-from remediate.verdict import SECURITY
+from remediate.verdict import SECURITY, Verdict
 from remediate.verify import outside_probe
 
 log = structlog.get_logger()
@@ -234,29 +235,42 @@ def _apply(ctx: HostContext, planned: PlannedHost | None, break_lock: bool) -> H
         return _mismatch(host, exc)
     except RemediateError as exc:
         return replace(txn.result, error=str(exc))
-    before_v, _ = outside_probe(host, driver.probe_context(host, txn.facts), ctx.policy.expect_local)
-    before = before_v.findings + driver.audit(txn.facts.texts(), host, txn.facts.outputs)
-    txn.result = replace(txn.result, findings_before=before, diff=txn.cand.diff or None)
-    txn.inbound_before = before_v.local_ok
-    if not txn.cand.changed:
-        ctx.log.info("unchanged")
-        if before_v.status is Status.VULNERABLE:
-            return replace(txn.result, findings_after=before, error="still vulnerable and the playbook has no change "
-                           "for it: " + "; ".join(before_v.reasons))
-        return replace(txn.result, status=Status.UNCHANGED, notes=tuple(before_v.reasons))
-    try:
-        with lock.held(ctx.shell, ctx.run_id, break_lock=break_lock, log=ctx.log):
-            ctx.journal.record(host.name, Phase.LOCKED)
-            failed = run_steps(ctx, txn, APPLY)
-    except RemediateError as exc:   # the lock could not be taken: nothing was touched
-        return replace(txn.result, error=str(exc))
+    audit = driver.audit(txn.facts.texts(), host, txn.facts.outputs)
+    txn.result = replace(txn.result, diff=txn.cand.diff or None)
+    # the outside probe of the live configuration runs while the lock is taken and the candidate validated;
+    # `txn.before` joins it, at the latest before anything is written (phases.APPLY's `baseline` step)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"probe-{host.name}") as pool:
+        probing = pool.submit(outside_probe, host, driver.probe_context(host, txn.facts), ctx.policy.expect_local)
+
+        def before() -> Verdict:
+            verdict, _ = probing.result()
+            txn.result = replace(txn.result, findings_before=verdict.findings + audit)
+            txn.inbound_before = verdict.local_ok
+            return verdict
+
+        txn.before = before
+        if not txn.cand.changed:
+            before_v = before()
+            ctx.log.info("unchanged")
+            if before_v.status is Status.VULNERABLE:
+                return replace(txn.result, findings_after=txn.result.findings_before, error="still vulnerable and "
+                               "the playbook has no change for it: " + "; ".join(before_v.reasons))
+            return replace(txn.result, status=Status.UNCHANGED, notes=tuple(before_v.reasons))
+        try:
+            with lock.held(ctx.shell, ctx.run_id, break_lock=break_lock, log=ctx.log):
+                ctx.journal.record(host.name, Phase.LOCKED)
+                failed = run_steps(ctx, txn, APPLY)
+        except RemediateError as exc:   # the lock could not be taken: nothing was touched
+            before()
+            return replace(txn.result, error=str(exc))
+        before()
     if failed is not None:
-        return failed
+        return replace(failed, findings_before=txn.result.findings_before)
     ctx.journal.record(host.name, Phase.DONE)
     ctx.log.info("verified")
     assert txn.verdict is not None
     return replace(txn.result, status=Status.CHANGED, changed=True, findings_after=txn.verdict.findings,
-                   notes=(_fixed(before, txn.verdict.findings, txn.proof), *txn.result.notes))
+                   notes=(_fixed(txn.result.findings_before, txn.verdict.findings, txn.proof), *txn.result.notes))
 
 
 def _fixed(before: tuple[Finding, ...], after: tuple[Finding, ...], proof: str) -> str:

@@ -2,9 +2,10 @@
 
 `run_steps` runs `Step`s in order, journals each step's phase (fsynced) once its `do` succeeded and, when
 a later step fails, runs the `undo` of the newest step done that has one (the backup's undo is the
-restore: `roll_back`). The sequences: `APPLY` (validate the candidate, back up, write, then `TAIL`),
-`TAIL` (check, activate, verify from outside; shared by apply and resume) and `ROLLBACK` (check, activate,
-the MTA answers). Steps reach the host only through the driver, the shell and the backup store.
+restore: `roll_back`). The sequences: `APPLY` (validate the candidate, join the outside probe of the live
+configuration that ran meanwhile, back up, write, then `TAIL`), `TAIL` (check, activate, verify from
+outside; shared by apply and resume) and `ROLLBACK` (check, activate, the MTA answers). Steps reach the
+host only through the driver, the shell and the backup store.
 
 Every activation (apply, resume, rollback, and the restore of a failed apply) goes through `bring_up`: the
 driver's activation, then a bounded wait for the SMTP banner; an MTA that does not greet (wedged on
@@ -61,6 +62,9 @@ class Txn:
     #: whether the outside probe before the change saw inbound mail for the host's domain accepted
     #: (None: not known, which counts as accepted: a refusal after the change is then a regression)
     inbound_before: bool | None = None
+    #: joins the outside probe of the live configuration (run in the background while the lock is taken and
+    #: the candidate validated) into `result.findings_before` and `inbound_before`; None: already known
+    before: Callable[[], Any] | None = None
 
 
 Do = Callable[[HostContext, Txn], None]
@@ -136,6 +140,12 @@ def validate_candidate(ctx: HostContext, txn: Txn) -> None:
     txn.result = replace(txn.result, simulation=sim.transcript)
 
 
+def baseline(ctx: HostContext, txn: Txn) -> None:
+    """The outside probe of the live configuration has finished: nothing may be written while it runs."""
+    if txn.before is not None:
+        txn.before()
+
+
 def back_up(ctx: HostContext, txn: Txn) -> None:
     assert txn.facts is not None and txn.cand is not None
     items = ctx.driver.backup_set(txn.facts, txn.cand)
@@ -151,7 +161,8 @@ def write(ctx: HostContext, txn: Txn) -> None:
     for name in txn.cand.changed:
         st = txn.facts.stats[name]
         data = txn.cand.data(name)
-        digest = ctx.shell.write_atomic(files[name], data, mode=st.mode, uid=st.uid, gid=st.gid)
+        digest = ctx.shell.write_atomic(files[name], data, mode=st.mode, uid=st.uid, gid=st.gid,
+                                        backdate=ctx.driver.playbook.backdate_writes)
         if digest != sha256(data):
             raise ValidationError(f"{files[name]} reads back as sha256 {digest[:12] or 'nothing'}..., not the "
                                   f"validated candidate's {sha256(data)[:12]}...")
@@ -270,7 +281,8 @@ def roll_back(ctx: HostContext, txn: Txn, reason: str) -> HostResult:
 
 #: activation then verification, shared by apply and resume
 TAIL = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(Phase.VERIFIED, verify))
-APPLY = (Step(None, validate_candidate), Step(Phase.BACKED_UP, back_up, roll_back, "backup failed, nothing written: "),
+APPLY = (Step(None, validate_candidate), Step(None, baseline),
+         Step(Phase.BACKED_UP, back_up, roll_back, "backup failed, nothing written: "),
          Step(Phase.WRITTEN, write), *TAIL)
 ROLLBACK = (Step(Phase.VALIDATED, check), Step(Phase.RELOADED, activate), Step(None, resettle),
             Step(Phase.RESTORED, answers))

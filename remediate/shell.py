@@ -35,6 +35,8 @@ ATOMIC_WRITE = (
     'set -eu; d=$(dirname -- "$1"); tmp=$(mktemp -- "$1.remediate.XXXXXX"); '
     'trap \'rm -f -- "$tmp"\' EXIT; cat > "$tmp"; chown -- "$3" "$tmp"; chmod -- "$2" "$tmp"; '
     'if [ -n "${4:-}" ]; then touch -m -d "$4" -- "$tmp"; fi; '
+    'if [ -n "${5:-}" ]; then t=$(( $(date +%s) - $5 )); o=$(stat -c %Y -- "$1" 2>/dev/null || echo 0); '
+    'if [ "$t" -gt "$o" ]; then touch -m -d "@$t" -- "$tmp"; fi; fi; '
     'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"; sha256sum -- "$1"'
 )
 CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
@@ -123,7 +125,7 @@ class Shell(Protocol):
     def exists(self, path: str) -> bool: ...
     def stat(self, path: str) -> FileStat: ...
     def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int,
-                     mtime_ns: int | None = None) -> str: ...
+                     mtime_ns: int | None = None, backdate: int = 0) -> str: ...
     def create_exclusive(self, path: str, data: bytes) -> bool: ...
     def mkdir(self, *paths: str, mode: int = 0o700) -> None: ...
     def sha256(self, paths: Sequence[str]) -> dict[str, str]: ...
@@ -241,12 +243,20 @@ class PosixShell:
         return _stat(self.conn.run(["stat", "-c", STAT_FORMAT, "--", path]).out)
 
     def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int,
-                     mtime_ns: int | None = None) -> str:
+                     mtime_ns: int | None = None, backdate: int = 0) -> str:
         """Replace `path` with `data`: temp file in the same directory, chmod/chown (and the modification time
         `mtime_ns`, nanoseconds since the epoch, when given), fsync, rename. Returns the sha256 (hex) of the
-        file now at `path`, read back on the host after the rename."""
+        file now at `path`, read back on the host after the rename.
+
+        `backdate` (seconds, by the host's clock): the new file's modification time is that long before the
+        write, unless that is not later than the modification time of the file it replaces (then it is the
+        time of the write). For an MTA that waits for a freshly modified file to "cool down" before reading
+        it (the playbook's `backdate_writes`); the file is renamed into place complete, so the wait guards
+        nothing here."""
         when = "" if mtime_ns is None else "@{}.{:09d}".format(*divmod(mtime_ns, 10**9))
-        out = self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}", when], input=data).out
+        age = str(backdate) if backdate > 0 and mtime_ns is None else ""
+        out = self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}", when, age],
+                            input=data).out
         return out.split()[0].lstrip("\\") if out.split() else ""
 
     def create_exclusive(self, path: str, data: bytes) -> bool:

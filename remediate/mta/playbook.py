@@ -25,7 +25,7 @@ from remediate.shell import under
 
 PLAYBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "playbooks"
 TOP_KEYS = {"mta", "version", "config_dir", "files", "derived", "facts", "policies", "validate", "simulate",
-            "check", "reload", "restart"}
+            "check", "reload", "restart", "backdate_writes"}
 RESTART_KEYS = {"answer_timeout", "command_timeout", "stop", "stop_timeout", "pidfile", "kill_group", "start"}
 STEP_KEYS = {"file", "transform", "with"}
 POLICY_KEYS = {"description", "expect_local", "transforms"}
@@ -89,6 +89,7 @@ class Playbook:
     check: tuple[tuple[str, ...], ...]             # activation, first: the live config is sound
     reload: tuple[tuple[str, ...], ...]            # activation, then: regenerate and reload
     restart: Restart = Restart()                   # bounded waits after activation; restart when wedged
+    backdate_writes: int = 0                       # seconds: written files' mtime that far back (cool-down)
 
     @property
     def label(self) -> str:
@@ -182,7 +183,16 @@ def load_playbook(path: str | Path, transforms: Mapping[str, Transform],
         check=r.argvs(top, "check"),
         reload=r.argvs(top, "reload"),
         restart=_restart(r, top),
+        backdate_writes=_seconds(r, top, "backdate_writes"),
     )
+
+
+def _seconds(r: _Reader, top: Any, key: str) -> int:
+    """An optional whole number of seconds, 0-60 (0 when absent)."""
+    value = top.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 60:
+        raise r.fail("must be a whole number of seconds from 0 to 60", top, key, key)
+    return value
 
 
 def _restart(r: _Reader, top: Any) -> Restart:

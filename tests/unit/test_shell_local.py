@@ -4,6 +4,7 @@ op's bytes exactly, whatever they contain, and private_copy builds the copy a va
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,23 @@ def test_private_copy_replaces_files_with_the_given_bytes_mode_and_time_and_is_r
         assert st_.st_mode & 0o777 == 0o604 and int(st_.st_mtime) == 1_600_000_000
         assert (source / "main.cf").read_text() == "old\n"       # the live file is never written
     assert not copied.exists()
+
+
+def test_write_atomic_backdates_a_written_file_but_never_to_or_before_the_one_it_replaced(shell, tmp_path):
+    """Postfix waits for a configuration file modified in the last second to cool down (util/dict.c): a
+    backdated write is read at once, and stays newer than the file it replaced."""
+    target = tmp_path / "main.cf"
+    target.write_bytes(b"old\n")
+    os.utime(target, ns=(0, 1_000_000_000_000_000_000))          # 2001: long cold
+    st = shell.stat(str(target))
+    digest = shell.write_atomic(str(target), b"new\n", mode=0o644, uid=st.uid, gid=st.gid, backdate=2)
+    now = time.time()
+    assert target.read_bytes() == b"new\n" and len(digest) == 64
+    assert now - 4 < target.stat().st_mtime <= now - 1             # whole seconds, 2 s back by the host's clock
+    # the file it replaces changed a moment ago: the new one is dated at the write, never before it
+    shell.write_atomic(str(target), b"newer\n", mode=0o644, uid=st.uid, gid=st.gid, backdate=2)
+    assert target.stat().st_mtime > time.time() - 1.5
+    # without backdate the write keeps the time of the write
+    os.utime(target, ns=(0, 1_000_000_000_000_000_000))
+    shell.write_atomic(str(target), b"plain\n", mode=0o644, uid=st.uid, gid=st.gid)
+    assert target.stat().st_mtime > time.time() - 1.5
