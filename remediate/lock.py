@@ -20,12 +20,13 @@ from remediate.shell import Read, Shell
 
 
 def acquire(shell: Shell, run_id: str, *, break_lock: bool = False, max_age: float = 3600,
-            adopt: frozenset[str] = frozenset(), log: Any = None) -> None:
-    """Take the host's lock atomically. LockError names the holder when it is taken."""
+            adopt: frozenset[str] = frozenset(), log: Any = None) -> bytes:
+    """Take the host's lock atomically; returns the lock file's bytes. LockError names the holder when it
+    is taken."""
     me = json.dumps({"run_id": run_id, "orchestrator": socket.gethostname(), "pid": os.getpid(),
                      "time": time.time()}).encode()
     if shell.create_exclusive(shell.lock_path, me):
-        return
+        return me
     held = _held(shell)
     age = time.time() - float(held.get("time", 0))
     live = _live(held)
@@ -35,27 +36,27 @@ def acquire(shell: Shell, run_id: str, *, break_lock: bool = False, max_age: flo
             log.warning("lock_adopted" if adoptable else "lock_broken", held_by=held.get("run_id"), age_s=int(age))
         shell.remove(shell.lock_path)
         if shell.create_exclusive(shell.lock_path, me):
-            return
+            return me
     raise LockError(f"{shell.name}: locked by run {held.get('run_id', '?')} from {held.get('orchestrator', '?')} "
                     f"pid {held.get('pid', '?')}, {int(age)}s ago ({shell.lock_path}); wait for it, or if that run "
                     f"is dead and the lock is older than {int(max_age)}s, use --break-lock")
 
 
-def release(shell: Shell, run_id: str) -> None:
-    """Remove the lock if (and only if) it is ours."""
-    if _held(shell).get("run_id") == run_id:
-        shell.remove(shell.lock_path)
+def release(shell: Shell, mine: bytes) -> None:
+    """Remove the lock if (and only if) it is still the one `acquire` wrote (`mine`, its bytes): one round
+    trip."""
+    shell.remove_if_same(shell.lock_path, mine)
 
 
 @contextmanager
 def held(shell: Shell, run_id: str, *, log: Any = None, **how: Any) -> Iterator[None]:
     """`acquire` for the block, `release` after it whatever happens (a failed release is logged)."""
-    acquire(shell, run_id, log=log, **how)
+    mine = acquire(shell, run_id, log=log, **how)
     try:
         yield
     finally:
         try:
-            release(shell, run_id)
+            release(shell, mine)
         except RemediateError as exc:
             if log is not None:
                 log.warning("lock_not_released", error=str(exc))

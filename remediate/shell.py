@@ -19,6 +19,7 @@ import posixpath
 import secrets
 import shlex
 import tarfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ ATOMIC_WRITE = (
     'if [ "$t" -gt "$o" ]; then touch -m -d "@$t" -- "$tmp"; fi; fi; '
     'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"; sha256sum -- "$1"'
 )
+REMOVE_IF_SAME = 'cmp -s -- "$1" - && rm -f -- "$1"'
 CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
 # One round trip for many commands: each runs with its stdout and stderr in files of a private directory;
 # then the exit statuses, the files' sizes (one `wc -c`) and their bytes (one `cat`), each part after a
@@ -60,6 +62,16 @@ STAT_IF_EXISTS = f'if [ -e "$1" ]; then exec stat -c "{STAT_FORMAT}" -- "$1"; el
 PRIVATE_COPY = (
     'set -eu; umask 077; d=$(mktemp -d -t "$1.XXXXXX"); cp -a -- "$2/." "$d"; '
     'tar -x -p --same-owner --numeric-owner -f - -C "$d"; printf %s "$d"'
+)
+# Many files written under one root in one round trip: directories made 0700 ($2 of them, then the files'
+# relative paths), the files unpacked from a tar on stdin into a private directory beside them, each
+# fsynced and renamed into place in the order given, then their sha256 read back.
+PUT_FILES = (
+    'set -eu; umask 077; r=$1; n=$2; shift 2; i=0; while [ "$i" -lt "$n" ]; do install -d -m 0700 -- "$1"; '
+    'shift; i=$((i+1)); done; t=$(mktemp -d -- "$r/.remediate.XXXXXX"); trap \'rm -rf -- "$t"\' EXIT; '
+    'tar -x -p --same-owner --numeric-owner -f - -C "$t"; cd -- "$t"; sync -- "$@"; '
+    'for f in "$@"; do mv -f -- "$t/$f" "$r/$f"; done; cd -- "$r"; '
+    'for f in "$@"; do case $f in */*) sync -- "${f%/*}";; esac; done; sync -- .; sha256sum -- "$@"'
 )
 
 
@@ -126,11 +138,13 @@ class Shell(Protocol):
     def stat(self, path: str) -> FileStat: ...
     def write_atomic(self, path: str, data: bytes, *, mode: int, uid: int, gid: int,
                      mtime_ns: int | None = None, backdate: int = 0) -> str: ...
+    def put_files(self, root: str, files: Mapping[str, bytes], *, dirs: Sequence[str] = ()) -> dict[str, str]: ...
     def create_exclusive(self, path: str, data: bytes) -> bool: ...
     def mkdir(self, *paths: str, mode: int = 0o700) -> None: ...
     def sha256(self, paths: Sequence[str]) -> dict[str, str]: ...
     def listdir(self, path: str) -> list[str]: ...
     def remove(self, path: str, *, recursive: bool = False) -> None: ...
+    def remove_if_same(self, path: str, data: bytes) -> bool: ...
     def restore_metadata(self, path: str, st: FileStat) -> None: ...
     def listener(self, port: int) -> str | None: ...
     def signal(self, pidfile: str, name: str, *, group: bool = False) -> None: ...
@@ -259,6 +273,25 @@ class PosixShell:
                             input=data).out
         return out.split()[0].lstrip("\\") if out.split() else ""
 
+    def put_files(self, root: str, files: Mapping[str, bytes], *, dirs: Sequence[str] = ()) -> dict[str, str]:
+        """Write `files` ({path relative to `root`: bytes}, each 0600 root:root) in one round trip: first the
+        directories `dirs` (absolute; made 0700, parents too, existing ones set to 0700: they must include
+        every file's directory), then each file fsynced and renamed into place in the order given (a
+        crash leaves whole files, never a torn one, and a later file only after the earlier ones). Returns
+        {relative path: sha256 read back on the host}."""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel, data in files.items():
+                info = tarfile.TarInfo(rel)
+                info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o600, 0, 0, time.time()
+                tar.addfile(info, io.BytesIO(data))
+        rels = [posixpath.normpath(rel) for rel in files]
+        if any(rel.startswith(("/", "..")) for rel in rels):
+            raise ValueError(f"put_files: paths must lie under {root}: {rels}")
+        out = self.conn.run(["sh", "-c", PUT_FILES, "sh", root, str(len(dirs)), *dirs, *rels],
+                            input=archive.getvalue()).out.split()
+        return {path.lstrip("\\"): digest.lstrip("\\") for digest, path in zip(out[0::2], out[1::2], strict=True)}
+
     def create_exclusive(self, path: str, data: bytes) -> bool:
         """Create `path` (mode 0600, parents made) only if it does not exist; False when it already did."""
         result = self.conn.run(["sh", "-c", CREATE_EXCLUSIVE, "sh", path], input=data, check=False)
@@ -284,6 +317,10 @@ class PosixShell:
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
         self.conn.run(["rm", "-rf" if recursive else "-f", "--", path])
+
+    def remove_if_same(self, path: str, data: bytes) -> bool:
+        """Remove `path` only if its bytes are exactly `data` (compared on the host); True if it was removed."""
+        return self.conn.run(["sh", "-c", REMOVE_IF_SAME, "sh", path], input=data, check=False).rc == 0
 
     def restore_metadata(self, path: str, st: FileStat) -> None:
         """Give `path` back its owner, mode and mtime (to the nanosecond)."""

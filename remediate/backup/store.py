@@ -207,17 +207,15 @@ class BackupStore:
             _fsync_write(local / "files" / item.path.lstrip("/"), item.data)
         _fsync_write(local / "manifest.json", manifest.to_json())
         remote = self.remote_dir(shell, run_id)
-        try:
-            shell.mkdir(shell.backup_root, remote, f"{remote}/files",
-                        *dict.fromkeys(os.path.dirname(f"{remote}/files{i.path}") for i in items))
-            remote_sums = {f"{remote}/files{i.path}": shell.write_atomic(f"{remote}/files{i.path}", i.data,
-                                                                         mode=0o600, uid=0, gid=0)
-                           for i in items}
-            shell.write_atomic(f"{remote}/manifest.json", manifest.to_json(), mode=0o600, uid=0, gid=0)
+        try:   # one round trip: the copies, then the manifest (present only once every copy is whole)
+            remote_sums = shell.put_files(
+                remote, {**{f"files{i.path}": i.data for i in items}, "manifest.json": manifest.to_json()},
+                dirs=[shell.backup_root, remote, f"{remote}/files",
+                      *dict.fromkeys(os.path.dirname(f"{remote}/files{i.path}") for i in items)])
         except CommandError as exc:
             raise BackupError(f"{shell.name}: could not store the backup on the host: {exc}") from exc
         for rec in records:
-            if remote_sums.get(f"{remote}/files{rec.path}") != rec.sha256:
+            if remote_sums.get(f"files{rec.path}") != rec.sha256:
                 raise BackupError(f"{shell.name}: the host copy of {rec.path} does not match what was read")
         return manifest
 

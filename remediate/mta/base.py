@@ -29,7 +29,7 @@ import inspect
 import posixpath
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -294,14 +294,16 @@ class PlaybookDriver:
                  (cand.data(name), facts.stats[name]) for name in cand.changed}
         return shell.private_copy("remediate-validate", pb.config_dir, files)
 
-    def run_validate(self, shell: Shell, tmp: str, host: Host) -> None:
+    def run_validate(self, shell: Shell, tmp: str, host: Host, extra: Sequence[Op] = ()) -> list[Any]:
         """The playbook's validate commands on the copy `tmp`, in one round trip: each must exit 0 and warn only
         where it also warns on the live directory (run there, in a second round trip, only when the copy
-        warns: the live baseline is not needed otherwise). ValidationError naming the command otherwise."""
+        warns: the live baseline is not needed otherwise). ValidationError naming the command otherwise.
+        `extra` ops (what the driver's simulation reads) ride in the same round trip; returns their results."""
         pb = self.playbook
-        if not pb.validate:
-            return
-        on_copy = shell.gather([Run(tuple(fill(argv, dir=tmp)), check=False) for argv in pb.validate])
+        if not pb.validate and not extra:
+            return []
+        results = shell.gather([*(Run(tuple(fill(argv, dir=tmp)), check=False) for argv in pb.validate), *extra])
+        on_copy, gathered = results[:len(pb.validate)], results[len(pb.validate):]
         for argv, new in zip(pb.validate, on_copy, strict=True):
             if new.rc != 0:
                 raise ValidationError(f"{host.name}: `{' '.join(fill(argv, dir='<candidate>'))}` exited {new.rc} "
@@ -310,13 +312,14 @@ class PlaybookDriver:
                   for argv, new in zip(pb.validate, on_copy, strict=True)}
         warned = {argv: found for argv, found in warned.items() if found}
         if not warned:
-            return
+            return gathered
         on_live = shell.gather([Run(tuple(fill(argv, dir=pb.config_dir)), check=False) for argv in warned])
         for (argv, found), live in zip(warned.items(), on_live, strict=True):
             added = found - _warnings(live.err + live.out, pb.config_dir, tmp)
             if added:
                 raise ValidationError(f"{host.name}: the candidate makes `{argv[0]}` warn: "
                                       + " | ".join(sorted(added))[:600])
+        return gathered
 
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
         """The MTA's own session against the configuration in `directory`, from a simulated outside client."""

@@ -3,6 +3,7 @@ op's bytes exactly, whatever they contain, and private_copy builds the copy a va
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -91,3 +92,24 @@ def test_write_atomic_backdates_a_written_file_but_never_to_or_before_the_one_it
     os.utime(target, ns=(0, 1_000_000_000_000_000_000))
     shell.write_atomic(str(target), b"plain\n", mode=0o644, uid=st.uid, gid=st.gid)
     assert target.stat().st_mtime > time.time() - 1.5
+
+
+def test_put_files_writes_every_file_whole_in_order_and_reads_back_their_digests(shell, tmp_path):
+    root = tmp_path / "run"
+    files = {"files/etc/postfix/main.cf": b"a = 1\n" * 1000, "files/etc/postfix/master.cf": b"\x00\xff\n",
+             "manifest.json": b"{}"}
+    dirs = [str(tmp_path), str(root), f"{root}/files", f"{root}/files/etc/postfix"]
+    sums = shell.put_files(str(root), files, dirs=dirs)
+    assert sums == {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    for rel, data in files.items():
+        assert (root / rel).read_bytes() == data and (root / rel).stat().st_mode & 0o777 == 0o600
+    assert all(os.stat(d).st_mode & 0o777 == 0o700 for d in dirs)
+    assert sorted(p.name for p in root.iterdir()) == ["files", "manifest.json"]   # nothing left behind
+
+
+def test_remove_if_same_removes_only_the_bytes_it_was_given(shell, tmp_path):
+    lock = tmp_path / "lock.json"
+    lock.write_bytes(b'{"run_id": "a"}')
+    assert not shell.remove_if_same(str(lock), b'{"run_id": "b"}') and lock.exists()
+    assert shell.remove_if_same(str(lock), b'{"run_id": "a"}') and not lock.exists()
+    assert not shell.remove_if_same(str(lock), b'{"run_id": "a"}')

@@ -17,12 +17,12 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from remediate.model import Finding, Host, Network, ProbeContext, SmtpService
-from remediate.mta.base import Facts, PlaybookDriver, Simulation
+from remediate.mta.base import Candidate, Facts, PlaybookDriver, Simulation
 from remediate.mta.playbook import Policy, Transform, fill
 from remediate.mta.postfix import rules
 from remediate.probe import HELO
 from remediate.probe import simulate as simulated_session
-from remediate.shell import Read, Run, Shell
+from remediate.shell import Op, Read, Run, Shell
 from remediate.smtp import ProbeResult
 from remediate.verdict import Verdict, describe, judge, merged
 
@@ -102,18 +102,24 @@ class PostfixDriver(PlaybookDriver):
             own_domains=own_domains(local, out.get("mydestination", "")),
             services=smtp_services(facts.text("master_cf")) if "master_cf" in facts.raw else ())
 
+    def validate(self, shell: Shell, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation:
+        """The base validation (private copy, validate commands, simulated session), with what the simulation
+        reads of the copy gathered in the validate commands' round trip."""
+        with self.private_copy(shell, facts, cand) as tmp:
+            inputs = self.run_validate(shell, tmp, host, extra=_simulation_inputs(tmp))
+            return self._simulate(shell, tmp, host, policy, inputs)
+
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
         """A real smtpd against `directory` over a pipe, from a simulated outside address (XCLIENT): the
         playbook's `service` (smtp/inet), then every other smtpd service `smtp_services` finds in its
         master.cf, each with its own `-o` overrides (TLS wrapper mode off: the pipe is plaintext); one verdict."""
+        return self._simulate(shell, directory, host, policy, shell.gather(_simulation_inputs(directory)))
+
+    def _simulate(self, shell: Shell, directory: str, host: Host, policy: Policy, inputs: list[Any]) -> Simulation:
         sim = self.playbook.simulate
         if sim is None:
             raise NotImplementedError("the postfix playbook has no simulate block")
-        services, values, master_cf = shell.gather([
-            Run(("postconf", "-c", directory, "-P"), check=False),
-            Run(("postconf", "-c", directory, "-xh", "smtpd_relay_restrictions", "myhostname", "mydestination"),
-                check=False),
-            Read(f"{directory}/master.cf")])
+        services, values, master_cf = inputs
         overrides: dict[str, list[str]] = {}
         for line in services.out.splitlines():
             key, sep, value = line.partition(" = ")
@@ -146,6 +152,15 @@ class PostfixDriver(PlaybookDriver):
             verdict = merged(verdict, service.label, other, submission=service.submission, source="simulation")
             transcript += f" | {service.label}: {describe(other_result, other)}"
         return Simulation(verdict, transcript, result)
+
+
+def _simulation_inputs(directory: str) -> list[Op]:
+    """What the simulation reads of the configuration in `directory`: every service's -o overrides, the
+    parameters the judgement needs, master.cf."""
+    return [Run(("postconf", "-c", directory, "-P"), check=False),
+            Run(("postconf", "-c", directory, "-xh", "smtpd_relay_restrictions", "myhostname", "mydestination"),
+                check=False),
+            Read(f"{directory}/master.cf")]
 
 
 #: master.cf service names that are ports (services(5)), and which are for mail clients (RFC 6409, RFC 8314)
