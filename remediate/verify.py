@@ -21,10 +21,12 @@ from remediate.verdict import Verdict, judge, merged
 
 
 def outside_probe(host: Host, context: ProbeContext, expect_local: str,
-                  timeout: float = 10.0) -> tuple[Verdict, ProbeResult]:
+                  timeout: float | None = None) -> tuple[Verdict, ProbeResult]:
     """Probe the host's SMTP port from here, then each other SMTP service its driver found (`context.services`,
     the same relay tests; TLS from the first byte where the service says so), and judge them as one verdict.
-    Returns it with the probe port's result. Never raises for network trouble."""
+    Each connect and read waits at most `timeout` seconds (default: the host's `probe_timeout`). Returns the
+    verdict with the probe port's result. Never raises for network trouble."""
+    timeout = timeout or host.probe_timeout
     verdict, result = _probe_port(host, context, host.probe_port, expect_local, timeout)
     for service in context.services:
         if service.port != host.probe_port:

@@ -19,7 +19,7 @@ import pytest
 
 from remediate.mta.playbook import PLAYBOOK_DIR
 from tests.conftest import run_cli
-from tests.integration.checks import FOREIGN, rcpt, snapshot
+from tests.integration.checks import FOREIGN, master_pid, rcpt, snapshot
 from tests.reliability import Stopwatch, lost_bytes
 
 #: "the host ends answering within about a minute of the first missed banner"
@@ -186,3 +186,86 @@ def test_a_key_the_host_refuses_is_a_clear_error_not_retried(lab, spare, tmp_pat
     assert snapshot(lab.path(SPARE, "/")) == before
     reliability("fault", "3 wrong key", "unreachable: authentication failed (not retried, key path not shown)",
                 "untouched (byte-identical)", watch.seconds)
+
+
+# --- fault 13: the probe port closed or filtered --------------------------------------------------------
+
+PORT_FAULTS = {   # how port 25 is closed or filtered; iptables runs inside the host's own network namespace
+    "MTA stopped (port closed)": None,
+    "iptables REJECT (port closed)": ["-p", "tcp", "--dport", "25", "-j", "REJECT", "--reject-with", "tcp-reset"],
+    "iptables DROP (port filtered)": ["-p", "tcp", "--dport", "25", "-j", "DROP"],
+}
+
+
+@pytest.mark.parametrize("fault", list(PORT_FAULTS))
+def test_a_closed_or_filtered_probe_port_is_never_secure_and_apply_writes_nothing(lab, spare, tmp_path, fault,
+                                                                                 reliability):
+    inventory, before = spare
+    inventory.write_text(inventory.read_text().replace("  connect_timeout: 2", "  connect_timeout: 2\n"
+                                                       "  probe_timeout: 2"))
+    pid, rule = master_pid(lab.path(SPARE, "/")), PORT_FAULTS[fault]
+    if rule is None:
+        lab.service(SPARE, "mta", "stop")
+    else:
+        lab.exec(SPARE, ["iptables", "-I", "INPUT", *rule], check=True)
+    try:
+        scan = run_cli("scan", "-i", str(inventory), "--limit", SPARE, "--report", "s.json", cwd=tmp_path)
+        with Stopwatch() as watch:
+            proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "a.json",
+                           cwd=tmp_path)
+    finally:
+        if rule is not None:
+            lab.exec(SPARE, ["iptables", "-D", "INPUT", *rule], check=True)
+    assert scan.returncode == 1 and proc.returncode == 1, scan.stdout + proc.stdout + proc.stderr
+    scanned = json.loads((tmp_path / "s.json").read_text())["hosts"][0]
+    applied = json.loads((tmp_path / "a.json").read_text())["hosts"][0]
+    # no TCP connection in any of them: `unreachable` (a connection without a banner would be `inconclusive`)
+    assert scanned["status"] == "unreachable", scanned
+    assert applied["status"] == "unreachable" and "nothing was written" in applied["error"], applied
+    assert "port 25" in applied["error"], applied["error"]
+    assert snapshot(lab.path(SPARE, "/")) == before, "files changed"
+    assert not (tmp_path / "backups").exists() and not lab.path(SPARE, "/var/backups/remediate").exists()
+    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+    if rule is None:   # as it was: stopped (apply neither reloaded nor started it)
+        assert lab.exec(SPARE, ["postfix", "status"]).returncode != 0
+    else:   # as it was: the same master, never reloaded, answering, still an open relay
+        assert master_pid(lab.path(SPARE, "/")) == pid
+        host = lab.host(SPARE)
+        assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250 and rcpt(host.address, FOREIGN) == 250
+    reliability("fault", f"13 probe port: {fault}",
+                "scan and apply `unreachable`, never `secure`; apply refused before any write: "
+                f"{applied['error'][:70]}...", "untouched (byte-identical; the MTA as it was)", watch.seconds)
+
+
+# --- fault 4: `become` where sudo asks for a password, or is not allowed --------------------------------
+
+SUDOERS = {   # the sudo-user host's /etc/sudoers.d/remediate-lab for each case (the lab's own: NOPASSWD: ALL)
+    "sudo asks for a password": ("ops ALL=(ALL:ALL) ALL\n", "a password is required"),
+    "sudo not allowed (only /usr/bin/id)": ("ops ALL=(root) NOPASSWD: /usr/bin/id\n", "not allowed to execute"),
+}
+
+
+@pytest.mark.parametrize("fault", list(SUDOERS))
+def test_become_where_sudo_asks_a_password_or_refuses_is_refused_before_any_write(lab, tmp_path, fault,
+                                                                                  reliability):
+    name = next(h.name for h in lab.hosts if h.scenario == "sudo-user")
+    sudoers = lab.path(name, "/etc/sudoers.d/remediate-lab")
+    rule, said = SUDOERS[fault]
+    lab_rule, before = sudoers.read_text(), snapshot(lab.path(name, "/"))
+    sudoers.write_text(rule)
+    try:
+        with Stopwatch() as watch:
+            proc = run_cli("apply", "--yes", "-i", str(lab.inventory_path), "--limit", name, "--report", "r.json",
+                           cwd=tmp_path)
+    finally:
+        sudoers.write_text(lab_rule)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    error = result["error"]
+    assert result["status"] == "unreachable", result
+    assert error.startswith(f"{name}: become: sudo refused to run commands as root for ops") and said in error, error
+    assert snapshot(lab.path(name, "/")) == before
+    assert not (tmp_path / "backups").exists() and not lab.path(name, "/var/backups/remediate").exists()
+    assert not lab.path(name, "/var/lib/remediate/lock.json").exists()
+    reliability("fault", f"4 become: {fault}", f"refused before any read or write: {error[:100]}...",
+                "untouched (byte-identical, no lock, no backup)", watch.seconds)
