@@ -19,7 +19,7 @@ import pytest
 
 from remediate.mta.playbook import PLAYBOOK_DIR
 from tests.conftest import run_cli
-from tests.integration.checks import FOREIGN, master_pid, rcpt, snapshot
+from tests.integration.checks import FOREIGN, master_pid, rcpt, snapshot, wrap_postfix
 from tests.reliability import Stopwatch, lost_bytes
 
 #: "the host ends answering within about a minute of the first missed banner"
@@ -269,3 +269,129 @@ def test_become_where_sudo_asks_a_password_or_refuses_is_refused_before_any_writ
     assert not lab.path(name, "/var/lib/remediate/lock.json").exists()
     reliability("fault", f"4 become: {fault}", f"refused before any read or write: {error[:100]}...",
                 "untouched (byte-identical, no lock, no backup)", watch.seconds)
+
+
+# --- fault 10: the config filesystem full or read-only; the backup directory full --------------------------
+
+FILL = "dd if=/dev/zero of={dir}/.fill bs=4096 2>/dev/null; sync"   # exits 1 at ENOSPC, as meant
+DISK_FAULTS = {   # run inside the host's own mount namespace (gone with its `lab.reset`)
+    "config filesystem full (tmpfs over /etc/postfix, filled)":
+        "cp -a /etc/postfix /tmp/pf && mount -t tmpfs -o size=1m,mode=0755 tmpfs /etc/postfix && "
+        "cp -a /tmp/pf/. /etc/postfix/ && " + FILL.format(dir="/etc/postfix") + "; df -k /etc/postfix",
+    "config filesystem read-only (bind mount, ro)":
+        "mount --bind /etc/postfix /etc/postfix && mount -o remount,bind,ro /etc/postfix",
+    "backup directory full (tmpfs over /var/backups/remediate, filled)":
+        "mkdir -p /var/backups/remediate && mount -t tmpfs -o size=64k,mode=0700 tmpfs /var/backups/remediate && "
+        + FILL.format(dir="/var/backups/remediate"),
+}
+
+
+@pytest.mark.parametrize("fault", list(DISK_FAULTS))
+def test_a_full_or_read_only_filesystem_never_leaves_a_truncated_live_file(lab, spare, tmp_path, fault, reliability):
+    inventory, _ = spare
+    lab.exec(SPARE, ["sh", "-c", DISK_FAULTS[fault]])
+    before = snapshot(lab.path(SPARE, "/"))
+    main_cf = lab.path(SPARE, "/etc/postfix/main.cf")
+    original = {main_cf: main_cf.read_bytes()}
+    with Stopwatch() as watch:
+        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    error = result["error"]
+    if fault.startswith("backup"):   # refused before the first write to a live file
+        assert result["status"] == "failed" and error.startswith("backup failed, nothing written"), result
+        assert "No space left on device" in error, error
+    else:   # the write failed on its temporary file; the live file was never opened for writing
+        assert result["status"] == "rolled_back", result
+        assert ("No space left on device" if "full" in fault else "Read-only file system") in error, error
+        assert "/etc/postfix/main.cf" in error, error
+    assert snapshot(lab.path(SPARE, "/")) == before, "a live file changed"
+    assert not [p for p in lab.path(SPARE, "/etc/postfix").iterdir() if ".remediate." in p.name], "temp file left"
+    host = lab.host(SPARE)
+    assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250, "Postfix not answering"
+    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+    lost = lost_bytes(original, tmp_path / "backups" / SPARE)
+    assert lost == 0
+    reliability("fault", f"10 {fault}", f"{result['status']}: {error[:110]}...",
+                "byte-identical (no truncated or temporary file), Postfix answering", watch.seconds, lost)
+
+
+# --- faults 6 and 9: an invalid candidate, and a change that would break inbound mail ----------------------
+
+def _playbooks_adding(directory: Path, name: str, value: str) -> Path:
+    """The shipped playbooks, with the Postfix relay-auth policy also setting main.cf's `name = value` (an
+    operator's edit to a copy of the playbook)."""
+    directory.mkdir()
+    for source in PLAYBOOK_DIR.glob("*.yaml"):
+        text = source.read_text()
+        if source.name == "postfix.yaml":
+            step = (f"      - {{file: main_cf, transform: ensure_parameter, "
+                    f"with: {{name: {name}, value: \"{value}\"}}}}\n")
+            assert text.count("\n  auth-all:\n") == 1
+            text = text.replace("\n  auth-all:\n", "\n" + step + "  auth-all:\n")
+        (directory / source.name).write_text(text)
+    return directory
+
+
+def test_an_invalid_candidate_is_refused_by_validation_and_nothing_is_written(lab, spare, tmp_path, reliability):
+    """`message_size_limit = 10M` (Postfix wants bytes: every Postfix program stops at "bad numerical
+    configuration"), added by a playbook edit: `postfix check` on the private copy refuses it."""
+    inventory, before = spare
+    playbooks = _playbooks_adding(tmp_path / "playbooks", "message_size_limit", "10M")
+    pid = master_pid(lab.path(SPARE, "/"))
+    with Stopwatch() as watch:
+        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json",
+                       "--playbooks", str(playbooks), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    assert result["status"] == "failed" and "message_size_limit" in result["error"], result
+    assert snapshot(lab.path(SPARE, "/")) == before and master_pid(lab.path(SPARE, "/")) == pid
+    assert not (tmp_path / "backups").exists(), "nothing is backed up (or written) before validation passes"
+    assert not list(lab.path(SPARE, "/tmp").glob("remediate-*")), "the private copy was left behind"
+    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+    host = lab.host(SPARE)
+    assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250
+    reliability("fault", "6 candidate configuration invalid (`message_size_limit = 10M` from a playbook edit)",
+                f"failed before the backup: {result['error'][:100]}...",
+                "untouched (byte-identical, not reloaded), Postfix answering", watch.seconds)
+
+
+INBOUND_BREAKS = {
+    "the candidate refuses it (a playbook edit: smtpd_recipient_restrictions = reject)": "refused before writing",
+    "the MTA refuses it after the reload (injected)": "rolled back",
+}
+
+
+@pytest.mark.parametrize("fault", list(INBOUND_BREAKS))
+def test_a_change_that_would_break_inbound_mail_is_refused_or_rolled_back(lab, spare, tmp_path, fault, reliability):
+    inventory, before = spare
+    extra: tuple[str, ...] = ()
+    if fault.startswith("the candidate"):
+        extra = ("--playbooks", str(_playbooks_adding(tmp_path / "playbooks", "smtpd_recipient_restrictions",
+                                                      "reject")))
+    else:
+        wrap_postfix(lab, SPARE, "/usr/sbin/postconf -e 'smtpd_recipient_restrictions = reject'")
+        before = snapshot(lab.path(SPARE, "/"))
+    main_cf = lab.path(SPARE, "/etc/postfix/main.cf")
+    original = {main_cf: main_cf.read_bytes()}
+    with Stopwatch() as watch:
+        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", *extra,
+                       cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    if fault.startswith("the candidate"):
+        assert result["status"] == "failed", result
+        assert "would break inbound mail that the live configuration accepts" in result["error"], result
+        assert not (tmp_path / "backups").exists(), "nothing is backed up (or written) before validation passes"
+    else:
+        assert result["status"] == "rolled_back", result
+        assert "inbound mail accepted before the change is refused now" in result["error"], result
+    assert snapshot(lab.path(SPARE, "/")) == before, "not byte-identical"
+    host = lab.host(SPARE)
+    assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250, "inbound mail not accepted as before"
+    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+    lost = lost_bytes(original, tmp_path / "backups" / SPARE)
+    assert lost == 0
+    reliability("fault", f"9 change would break inbound mail: {fault}",
+                f"{result['status']} ({INBOUND_BREAKS[fault]}): {result['error'][:90]}...",
+                "byte-identical, inbound mail for the host's domain accepted as before", watch.seconds, lost)
