@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -395,3 +398,62 @@ def test_a_change_that_would_break_inbound_mail_is_refused_or_rolled_back(lab, s
     reliability("fault", f"9 change would break inbound mail: {fault}",
                 f"{result['status']} ({INBOUND_BREAKS[fault]}): {result['error'][:90]}...",
                 "byte-identical, inbound mail for the host's domain accepted as before", watch.seconds, lost)
+
+
+# --- fault 12: a slow, lossy link ---------------------------------------------------------------------------
+
+DELAY_MS, LOSS = 200, 0.05
+DELAY_LINE = Path(__file__).resolve().parents[2] / "bench" / "delayline.py"   # NFQUEUE: this kernel has no netem
+
+
+@pytest.fixture
+def slow_lossy_link(lab, spare, tmp_path):
+    """SPARE behind a link that delays what it sends by DELAY_MS (as `tc netem delay` on its eth0 would) and
+    drops LOSS of the packets each way at random, inside the host's own network namespace."""
+    netns, ready = lab.host(SPARE).netns, tmp_path / "delayline.ready"
+    line = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, str(DELAY_LINE), "--queue", "94",
+                             "--delay-ms", str(DELAY_MS), "--ready", str(ready)], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    lossy = ["-m", "statistic", "--mode", "random", "--probability", str(LOSS), "-j", "DROP"]
+    rules = [["INPUT", "-i", "eth0", *lossy], ["OUTPUT", "-o", "eth0", *lossy],
+             ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "94", "--queue-bypass"]]
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert line.poll() is None and time.monotonic() < deadline, "the delay line did not start"
+            time.sleep(0.05)
+        for rule in rules:
+            subprocess.run(["ip", "netns", "exec", netns, "iptables", "-A", *rule], check=True)
+        yield line
+    finally:
+        for rule in rules:
+            subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], capture_output=True)
+        line.terminate()
+        line.wait(timeout=10)
+
+
+def _connect_seconds(address: str, port: int = 22) -> float:
+    started = time.monotonic()
+    with socket.create_connection((address, port), timeout=10):
+        return time.monotonic() - started
+
+
+def test_a_slow_lossy_link_still_gives_a_correct_verified_run(lab, spare, slow_lossy_link, tmp_path, reliability):
+    """The lab inventory's default timeouts (connect 10 s, command 120 s, probe reads 10 s; each configurable:
+    `connect_timeout`, `command_timeout`, `probe_timeout`)."""
+    host = lab.host(SPARE)
+    assert min(_connect_seconds(host.address) for _ in range(3)) >= DELAY_MS / 1000, "the link is not slow"
+    with Stopwatch() as watch:
+        proc = run_cli("apply", "--yes", "-i", str(lab.inventory_path), "--limit", SPARE, "--report", "r.json",
+                       cwd=tmp_path)
+    assert slow_lossy_link.poll() is None, "the delay line died: the run was not delayed throughout"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
+    assert result["status"] == "changed", result
+    assert rcpt(host.address, FOREIGN) in (454, 554) and rcpt(host.address, f"postmaster@{host.fqdn}") == 250
+    main_cf = lab.path(SPARE, "/etc/postfix/main.cf").read_bytes()
+    backup = tmp_path / "backups" / SPARE / result["backup_id"] / "files/etc/postfix/main.cf"
+    assert backup.read_bytes() != main_cf and b"mynetworks = 127.0.0.0/8" in main_cf
+    reliability("fault", f"12 slow, lossy link ({DELAY_MS} ms delay from the host, {LOSS:.0%} loss each way; "
+                "NFQUEUE delay line, this kernel has no netem)", "changed, verified from outside",
+                "remediated (relay refused, postmaster@ accepted), backup intact", watch.seconds)
