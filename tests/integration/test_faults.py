@@ -244,7 +244,7 @@ def test_a_closed_or_filtered_probe_port_is_never_secure_and_apply_writes_nothin
 
 SUDOERS = {   # the sudo-user host's /etc/sudoers.d/remediate-lab for each case (the lab's own: NOPASSWD: ALL)
     "sudo asks for a password": ("ops ALL=(ALL:ALL) ALL\n", "a password is required"),
-    "sudo not allowed (only /usr/bin/id)": ("ops ALL=(root) NOPASSWD: /usr/bin/id\n", "not allowed to execute"),
+    "user not allowed to sudo (not in sudoers)": ("Defaults:ops !authenticate\n", "ops is not in the sudoers file"),
 }
 
 
@@ -347,7 +347,9 @@ def test_an_invalid_candidate_is_refused_by_validation_and_nothing_is_written(la
                        "--playbooks", str(playbooks), cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
-    assert result["status"] == "failed" and "message_size_limit" in result["error"], result
+    assert result["status"] == "failed" and "on the candidate" in result["error"], result
+    assert "`postfix -c <candidate> check` exited 1" in result["error"], result["error"]
+    assert "+message_size_limit = 10M" in result["diff"], result["diff"]   # what was refused, in the report
     assert snapshot(lab.path(SPARE, "/")) == before and master_pid(lab.path(SPARE, "/")) == pid
     assert not (tmp_path / "backups").exists(), "nothing is backed up (or written) before validation passes"
     assert not list(lab.path(SPARE, "/tmp").glob("remediate-*")), "the private copy was left behind"
