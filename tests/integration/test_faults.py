@@ -194,50 +194,51 @@ def test_a_key_the_host_refuses_is_a_clear_error_not_retried(lab, spare, tmp_pat
 # --- fault 13: the probe port closed or filtered --------------------------------------------------------
 
 PORT_FAULTS = {   # how port 25 is closed or filtered; iptables runs inside the host's own network namespace
-    "MTA stopped (port closed)": None,
     "iptables REJECT (port closed)": ["-p", "tcp", "--dport", "25", "-j", "REJECT", "--reject-with", "tcp-reset"],
     "iptables DROP (port filtered)": ["-p", "tcp", "--dport", "25", "-j", "DROP"],
+    "MTA stopped (port closed)": None,   # last: the host is left stopped (reset afterwards)
 }
 
 
-@pytest.mark.parametrize("fault", list(PORT_FAULTS))
-def test_a_closed_or_filtered_probe_port_is_never_secure_and_apply_writes_nothing(lab, spare, tmp_path, fault,
-                                                                                 reliability):
+def test_a_closed_or_filtered_probe_port_is_never_secure_and_apply_writes_nothing(lab, spare, tmp_path, reliability):
+    """Each way of closing port 25 in turn, on one host (the fault undone after each)."""
     inventory, before = spare
     inventory.write_text(inventory.read_text().replace("  connect_timeout: 2", "  connect_timeout: 2\n"
                                                        "  probe_timeout: 2"))
-    pid, rule = master_pid(lab.path(SPARE, "/")), PORT_FAULTS[fault]
-    if rule is None:
-        lab.service(SPARE, "mta", "stop")
-    else:
-        lab.exec(SPARE, ["iptables", "-I", "INPUT", *rule], check=True)
-    try:
-        scan = run_cli("scan", "-i", str(inventory), "--limit", SPARE, "--report", "s.json", cwd=tmp_path)
-        with Stopwatch() as watch:
-            proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "a.json",
-                           cwd=tmp_path)
-    finally:
-        if rule is not None:
-            lab.exec(SPARE, ["iptables", "-D", "INPUT", *rule], check=True)
-    assert scan.returncode == 1 and proc.returncode == 1, scan.stdout + proc.stdout + proc.stderr
-    scanned = json.loads((tmp_path / "s.json").read_text())["hosts"][0]
-    applied = json.loads((tmp_path / "a.json").read_text())["hosts"][0]
-    # no TCP connection in any of them: `unreachable` (a connection without a banner would be `inconclusive`)
-    assert scanned["status"] == "unreachable", scanned
-    assert applied["status"] == "unreachable" and "nothing was written" in applied["error"], applied
-    assert "port 25" in applied["error"], applied["error"]
-    assert snapshot(lab.path(SPARE, "/")) == before, "files changed"
-    assert not (tmp_path / "backups").exists() and not lab.path(SPARE, "/var/backups/remediate").exists()
-    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
-    if rule is None:   # as it was: stopped (apply neither reloaded nor started it)
-        assert lab.exec(SPARE, ["postfix", "status"]).returncode != 0
-    else:   # as it was: the same master, never reloaded, answering, still an open relay
-        assert master_pid(lab.path(SPARE, "/")) == pid
-        host = lab.host(SPARE)
-        assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250 and rcpt(host.address, FOREIGN) == 250
-    reliability("fault", f"13 probe port: {fault}",
-                "scan and apply `unreachable`, never `secure`; apply refused before any write: "
-                f"{applied['error'][:70]}...", "untouched (byte-identical; the MTA as it was)", watch.seconds)
+    host = lab.host(SPARE)
+    for i, (fault, rule) in enumerate(PORT_FAULTS.items()):
+        pid, work = master_pid(lab.path(SPARE, "/")), tmp_path / str(i)
+        work.mkdir()
+        if rule is None:
+            lab.service(SPARE, "mta", "stop")
+        else:
+            lab.exec(SPARE, ["iptables", "-I", "INPUT", *rule], check=True)
+        try:
+            scan = run_cli("scan", "-i", str(inventory), "--limit", SPARE, "--report", "s.json", cwd=work)
+            with Stopwatch() as watch:
+                proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "a.json",
+                               cwd=work)
+        finally:
+            if rule is not None:
+                lab.exec(SPARE, ["iptables", "-D", "INPUT", *rule], check=True)
+        assert scan.returncode == 1 and proc.returncode == 1, scan.stdout + proc.stdout + proc.stderr
+        scanned = json.loads((work / "s.json").read_text())["hosts"][0]
+        applied = json.loads((work / "a.json").read_text())["hosts"][0]
+        # no TCP connection in any of them: `unreachable` (connected without a banner would be `inconclusive`)
+        assert scanned["status"] == "unreachable", (fault, scanned)
+        assert applied["status"] == "unreachable" and "nothing was written" in applied["error"], (fault, applied)
+        assert "port 25" in applied["error"], applied["error"]
+        assert snapshot(lab.path(SPARE, "/")) == before, f"{fault}: files changed"
+        assert not (work / "backups").exists() and not lab.path(SPARE, "/var/backups/remediate").exists()
+        assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+        if rule is None:   # as it was: stopped (apply neither reloaded nor started it)
+            assert lab.exec(SPARE, ["postfix", "status"]).returncode != 0
+        else:   # as it was: the same master, never reloaded, answering, still an open relay
+            assert master_pid(lab.path(SPARE, "/")) == pid
+            assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250 and rcpt(host.address, FOREIGN) == 250
+        reliability("fault", f"13 probe port: {fault}",
+                    "scan and apply `unreachable`, never `secure`; apply refused before any write: "
+                    f"{applied['error'][:70]}...", "untouched (byte-identical; the MTA as it was)", watch.seconds)
 
 
 # --- fault 4: `become` where sudo asks for a password, or is not allowed --------------------------------
@@ -289,34 +290,42 @@ DISK_FAULTS = {   # run inside the host's own mount namespace (gone with its `la
 }
 
 
-@pytest.mark.parametrize("fault", list(DISK_FAULTS))
-def test_a_full_or_read_only_filesystem_never_leaves_a_truncated_live_file(lab, spare, tmp_path, fault, reliability):
+def test_a_full_or_read_only_filesystem_never_leaves_a_truncated_live_file(lab, spare, tmp_path, reliability):
+    """Each filesystem fault in turn, on one host (its mount undone after each)."""
     inventory, _ = spare
-    lab.exec(SPARE, ["sh", "-c", DISK_FAULTS[fault]])
-    before = snapshot(lab.path(SPARE, "/"))
-    main_cf = lab.path(SPARE, "/etc/postfix/main.cf")
-    original = {main_cf: main_cf.read_bytes()}
-    with Stopwatch() as watch:
-        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
-    error = result["error"]
-    if fault.startswith("backup"):   # refused before the first write to a live file
-        assert result["status"] == "failed" and error.startswith("backup failed, nothing written"), result
-        assert "No space left on device" in error, error
-    else:   # the write failed on its temporary file; the live file was never opened for writing
-        assert result["status"] == "rolled_back", result
-        assert ("No space left on device" if "full" in fault else "Read-only file system") in error, error
-        assert "/etc/postfix/main.cf" in error, error
-    assert snapshot(lab.path(SPARE, "/")) == before, "a live file changed"
-    assert not [p for p in lab.path(SPARE, "/etc/postfix").iterdir() if ".remediate." in p.name], "temp file left"
     host = lab.host(SPARE)
-    assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250, "Postfix not answering"
-    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
-    lost = lost_bytes(original, tmp_path / "backups" / SPARE)
-    assert lost == 0
-    reliability("fault", f"10 {fault}", f"{result['status']}: {error[:110]}...",
-                "byte-identical (no truncated or temporary file), Postfix answering", watch.seconds, lost)
+    mounts = ("/etc/postfix", "/etc/postfix", "/var/backups/remediate")
+    for i, ((fault, make), mount) in enumerate(zip(DISK_FAULTS.items(), mounts, strict=True)):
+        work = tmp_path / str(i)
+        work.mkdir()
+        lab.exec(SPARE, ["sh", "-c", make])
+        before = snapshot(lab.path(SPARE, "/"))
+        main_cf = lab.path(SPARE, "/etc/postfix/main.cf")
+        original = {main_cf: main_cf.read_bytes()}
+        try:
+            with Stopwatch() as watch:
+                proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json",
+                               cwd=work)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            result = json.loads((work / "r.json").read_text())["hosts"][0]
+            error = result["error"]
+            if fault.startswith("backup"):   # refused before the first write to a live file
+                assert result["status"] == "failed" and error.startswith("backup failed, nothing written"), result
+                assert "No space left on device" in error, error
+            else:   # the write failed on its temporary file; the live file was never opened for writing
+                assert result["status"] == "rolled_back", result
+                assert ("No space left on device" if "full" in fault else "Read-only file system") in error, error
+                assert "/etc/postfix/main.cf" in error, error
+            assert snapshot(lab.path(SPARE, "/")) == before, f"{fault}: a live file changed"
+            assert not [p for p in lab.path(SPARE, "/etc/postfix").iterdir() if ".remediate." in p.name]
+            assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250, "Postfix not answering"
+            assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+            lost = lost_bytes(original, work / "backups" / SPARE)
+            assert lost == 0
+        finally:
+            lab.exec(SPARE, ["umount", mount], check=True)
+        reliability("fault", f"10 {fault}", f"{result['status']}: {error[:110]}...",
+                    "byte-identical (no truncated or temporary file), Postfix answering", watch.seconds, lost)
 
 
 # --- faults 6 and 9: an invalid candidate, and a change that would break inbound mail ----------------------
@@ -367,39 +376,41 @@ INBOUND_BREAKS = {
 }
 
 
-@pytest.mark.parametrize("fault", list(INBOUND_BREAKS))
-def test_a_change_that_would_break_inbound_mail_is_refused_or_rolled_back(lab, spare, tmp_path, fault, reliability):
+def test_a_change_that_would_break_inbound_mail_is_refused_or_rolled_back(lab, spare, tmp_path, reliability):
+    """Both cases in turn, on one host: the playbook edit first, then the reload that breaks it."""
     inventory, before = spare
-    extra: tuple[str, ...] = ()
-    if fault.startswith("the candidate"):
-        extra = ("--playbooks", str(_playbooks_adding(tmp_path / "playbooks", "smtpd_recipient_restrictions",
-                                                      "reject")))
-    else:
-        wrap_postfix(lab, SPARE, "/usr/sbin/postconf -e 'smtpd_recipient_restrictions = reject'")
-        before = snapshot(lab.path(SPARE, "/"))
-    main_cf = lab.path(SPARE, "/etc/postfix/main.cf")
-    original = {main_cf: main_cf.read_bytes()}
-    with Stopwatch() as watch:
-        proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", *extra,
-                       cwd=tmp_path)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    result = json.loads((tmp_path / "r.json").read_text())["hosts"][0]
-    if fault.startswith("the candidate"):
-        assert result["status"] == "failed", result
-        assert "would break inbound mail that the live configuration accepts" in result["error"], result
-        assert not (tmp_path / "backups").exists(), "nothing is backed up (or written) before validation passes"
-    else:
-        assert result["status"] == "rolled_back", result
-        assert "inbound mail accepted before the change is refused now" in result["error"], result
-    assert snapshot(lab.path(SPARE, "/")) == before, "not byte-identical"
     host = lab.host(SPARE)
-    assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250, "inbound mail not accepted as before"
-    assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
-    lost = lost_bytes(original, tmp_path / "backups" / SPARE)
-    assert lost == 0
-    reliability("fault", f"9 change would break inbound mail: {fault}",
-                f"{result['status']} ({INBOUND_BREAKS[fault]}): {result['error'][:90]}...",
-                "byte-identical, inbound mail for the host's domain accepted as before", watch.seconds, lost)
+    for i, (fault, outcome) in enumerate(INBOUND_BREAKS.items()):
+        work = tmp_path / str(i)
+        work.mkdir()
+        extra: tuple[str, ...] = ()
+        if fault.startswith("the candidate"):
+            extra = ("--playbooks", str(_playbooks_adding(work / "playbooks", "smtpd_recipient_restrictions",
+                                                          "reject")))
+        else:
+            wrap_postfix(lab, SPARE, "/usr/sbin/postconf -e 'smtpd_recipient_restrictions = reject'")
+        main_cf = lab.path(SPARE, "/etc/postfix/main.cf")
+        original = {main_cf: main_cf.read_bytes()}
+        with Stopwatch() as watch:
+            proc = run_cli("apply", "--yes", "-i", str(inventory), "--limit", SPARE, "--report", "r.json", *extra,
+                           cwd=work)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        result = json.loads((work / "r.json").read_text())["hosts"][0]
+        if fault.startswith("the candidate"):
+            assert result["status"] == "failed", result
+            assert "would break inbound mail that the live configuration accepts" in result["error"], result
+            assert not (work / "backups").exists(), "nothing is backed up (or written) before validation passes"
+        else:
+            assert result["status"] == "rolled_back", result
+            assert "inbound mail accepted before the change is refused now" in result["error"], result
+        assert snapshot(lab.path(SPARE, "/")) == before, f"{fault}: not byte-identical"
+        assert rcpt(host.address, f"postmaster@{host.fqdn}") == 250, "inbound mail not accepted as before"
+        assert not lab.path(SPARE, "/var/lib/remediate/lock.json").exists()
+        lost = lost_bytes(original, work / "backups" / SPARE)
+        assert lost == 0
+        reliability("fault", f"9 change would break inbound mail: {fault}",
+                    f"{result['status']} ({outcome}): {result['error'][:90]}...",
+                    "byte-identical, inbound mail for the host's domain accepted as before", watch.seconds, lost)
 
 
 # --- fault 12: a slow, lossy link ---------------------------------------------------------------------------
