@@ -239,7 +239,7 @@ def test_link_cut_after_the_reload_before_verification_then_restored_and_rolled_
                                                                                       reliability):
     """Fault 5, second half: the reload went through, then the link goes before the verification probe."""
     inventory, original = fresh
-    inventory.write_text(inventory.read_text().replace("  command_timeout: 8", "  command_timeout: 4\n"
+    inventory.write_text(inventory.read_text().replace("  command_timeout: 8", "  command_timeout: 3\n"
                                                        "  probe_timeout: 2"))
     gate = tmp_path / "go-on"
     proc = subprocess.Popen([sys.executable, "-m", "remediate", "apply", "--yes", "-i", str(inventory),

@@ -156,7 +156,7 @@ def test_a_failed_activation_rolls_back_byte_identical_with_the_mta_answering(la
 
 #: the shipped restart blocks with shorter waits, so the wedged path takes seconds (the shipped waits add up to
 #: under a minute: tests/unit/test_playbook.py)
-SHORT_WAITS = {"answer_timeout": 6, "stop_timeout": 2}
+SHORT_WAITS = {"answer_timeout": 4, "stop_timeout": 1}
 
 
 @pytest.fixture(scope="module")
