@@ -138,8 +138,14 @@ def prove(shell: Shell, driver: Driver, facts: Facts, cand: Candidate, host: Hos
 
 # ---------------------------------------------------------------------- steps
 def validate_candidate(ctx: HostContext, txn: Txn) -> None:
+    """`prove` the candidate. When that fails and the probe port does not answer from here either (a frozen MTA
+    fails both), the port is what the report leads with (`baseline`)."""
     assert txn.facts is not None and txn.cand is not None
-    sim = prove(ctx.shell, ctx.driver, txn.facts, txn.cand, ctx.host, ctx.policy)
+    try:
+        sim = prove(ctx.shell, ctx.driver, txn.facts, txn.cand, ctx.host, ctx.policy)
+    except ValidationError:
+        baseline(ctx, txn)
+        raise
     txn.result = replace(txn.result, simulation=sim.transcript)
 
 
