@@ -207,7 +207,7 @@ def test_a_closed_or_filtered_probe_port_is_never_secure_and_apply_writes_nothin
     """Each way of closing port 25 in turn, on one host (the fault undone after each)."""
     inventory, before = spare
     inventory.write_text(inventory.read_text().replace("  connect_timeout: 2", "  connect_timeout: 2\n"
-                                                       "  probe_timeout: 1"))
+                                                       "  probe_timeout: 2"))
     host = lab.host(SPARE)
     for i, (fault, rule) in enumerate(PORT_FAULTS.items()):
         pid, work = master_pid(lab.path(SPARE, "/")), tmp_path / str(i)
