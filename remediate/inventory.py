@@ -231,6 +231,7 @@ _VALIDATORS: dict[str, Callable[[Any, _Spot], Any]] = {
     "probe_domain": _domain,
     "mail_domain": _optional(_domain),
     "probe_port": _integer(1, 65535),
+    "probe_timeout": _timeout,
     "connect_timeout": _timeout,
     "command_timeout": _timeout,
 }

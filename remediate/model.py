@@ -156,6 +156,7 @@ class Host:
     probe_domain: str = "relaytest.example.net"
     mail_domain: str | None = None
     probe_port: int = 25
+    probe_timeout: float = 10.0   # seconds each read (and connect) of the outside probe may take
     groups: tuple[str, ...] = ()
 
     def trusts(self, address: str | None) -> bool:

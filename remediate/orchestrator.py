@@ -243,7 +243,7 @@ def _apply(ctx: HostContext, planned: PlannedHost | None, break_lock: bool) -> H
         probing = pool.submit(outside_probe, host, driver.probe_context(host, txn.facts), ctx.policy.expect_local)
 
         def before() -> Verdict:
-            verdict, _ = probing.result()
+            verdict, txn.probed = probing.result()
             txn.result = replace(txn.result, findings_before=verdict.findings + audit)
             txn.inbound_before = verdict.local_ok
             return verdict

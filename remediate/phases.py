@@ -27,6 +27,7 @@ from remediate.model import Host, HostResult, Phase, Status
 from remediate.mta import Candidate, Driver, Facts, Simulation, unchanged
 from remediate.mta.playbook import Policy
 from remediate.shell import Shell
+from remediate.smtp import ProbeResult
 from remediate.verdict import Verdict
 from remediate.verify import answering, await_banner, outside_probe, probe_until_secure, proof
 
@@ -65,6 +66,8 @@ class Txn:
     #: joins the outside probe of the live configuration (run in the background while the lock is taken and
     #: the candidate validated) into `result.findings_before` and `inbound_before`; None: already known
     before: Callable[[], Any] | None = None
+    #: what that probe saw of the probe port (set when it is joined)
+    probed: ProbeResult | None = None
 
 
 Do = Callable[[HostContext, Txn], None]
@@ -135,15 +138,29 @@ def prove(shell: Shell, driver: Driver, facts: Facts, cand: Candidate, host: Hos
 
 # ---------------------------------------------------------------------- steps
 def validate_candidate(ctx: HostContext, txn: Txn) -> None:
+    """`prove` the candidate. When that fails and the probe port does not answer from here either (a frozen MTA
+    fails both), the port is what the report leads with (`baseline`)."""
     assert txn.facts is not None and txn.cand is not None
-    sim = prove(ctx.shell, ctx.driver, txn.facts, txn.cand, ctx.host, ctx.policy)
+    try:
+        sim = prove(ctx.shell, ctx.driver, txn.facts, txn.cand, ctx.host, ctx.policy)
+    except ValidationError:
+        baseline(ctx, txn)
+        raise
     txn.result = replace(txn.result, simulation=sim.transcript)
 
 
 def baseline(ctx: HostContext, txn: Txn) -> None:
-    """The outside probe of the live configuration has finished: nothing may be written while it runs."""
+    """The outside probe of the live configuration has finished: nothing may be written while it runs. A probe
+    port that did not greet from here refuses the change, which could not be verified from outside (the host
+    `unreachable` when not even a TCP connection was made, `inconclusive` when one was): nothing is written."""
     if txn.before is not None:
         txn.before()
+    probed = txn.probed
+    if probed is not None and not answering(probed):
+        txn.result = replace(txn.result, status=Status.INCONCLUSIVE if probed.connected else Status.UNREACHABLE)
+        raise ValidationError(f"port {ctx.host.probe_port} does not answer from here ("
+                              f"{'; '.join(probed.errors) or 'no SMTP banner'}): the change could not be verified "
+                              "from outside, so nothing was written")
 
 
 def back_up(ctx: HostContext, txn: Txn) -> None:

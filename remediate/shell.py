@@ -260,7 +260,9 @@ class PosixShell:
                      mtime_ns: int | None = None, backdate: int = 0) -> str:
         """Replace `path` with `data`: temp file in the same directory, chmod/chown (and the modification time
         `mtime_ns`, nanoseconds since the epoch, when given), fsync, rename. Returns the sha256 (hex) of the
-        file now at `path`, read back on the host after the rename.
+        file now at `path`, read back on the host after the rename. CommandError naming `path` and what the
+        host said (a full or read-only filesystem) when it fails; until the rename `path` is untouched (a
+        temporary file that could not be written whole is removed).
 
         `backdate` (seconds, by the host's clock): the new file's modification time is that long before the
         write, unless that is not later than the modification time of the file it replaces (then it is the
@@ -269,8 +271,11 @@ class PosixShell:
         nothing here."""
         when = "" if mtime_ns is None else "@{}.{:09d}".format(*divmod(mtime_ns, 10**9))
         age = str(backdate) if backdate > 0 and mtime_ns is None else ""
-        out = self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}", when, age],
-                            input=data).out
+        result = self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}", when, age],
+                               input=data, check=False)
+        if result.rc != 0:
+            raise CommandError(self.name, f"atomic write of {path}", result.rc, result.err)
+        out = result.out
         return out.split()[0].lstrip("\\") if out.split() else ""
 
     def put_files(self, root: str, files: Mapping[str, bytes], *, dirs: Sequence[str] = ()) -> dict[str, str]:

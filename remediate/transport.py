@@ -102,6 +102,22 @@ class Connection:
         except _Transient as exc:
             raise TransportError(f"{self.name}: cannot connect to {self.host.address}:{self.ssh.port} "
                                  f"after {self._retries} attempts: {exc}") from exc
+        if self.ssh.become:
+            self._check_become()
+
+    def _check_become(self) -> None:
+        """With `become`, sudo must run commands as root without asking: AuthError (before any other command,
+        so before anything is read or written) naming the host, the user and what sudo said when it does not
+        (a password asked for, or the user not allowed). The connection is closed then."""
+        result = self.run(["sudo", "-n", "--", "true"], check=False, privileged=False)
+        if result.rc == 0:
+            return
+        self.close()
+        said = " | ".join(result.err.strip().splitlines()[-2:]) or f"exit status {result.rc}"
+        raise AuthError(f"{self.name}: become: sudo refused to run commands as root for {self.ssh.user} "
+                        f"(sudo said: {said}); remediate runs `sudo -n` and never types a password: allow "
+                        f"{self.ssh.user} to run commands as root without one (NOPASSWD in sudoers), or connect as "
+                        "root. Nothing was read or changed")
 
     def _ssh_options(self) -> dict[str, Any]:
         """Merge ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump) under the inventory."""

@@ -21,10 +21,12 @@ from remediate.verdict import Verdict, judge, merged
 
 
 def outside_probe(host: Host, context: ProbeContext, expect_local: str,
-                  timeout: float = 10.0) -> tuple[Verdict, ProbeResult]:
+                  timeout: float | None = None) -> tuple[Verdict, ProbeResult]:
     """Probe the host's SMTP port from here, then each other SMTP service its driver found (`context.services`,
     the same relay tests; TLS from the first byte where the service says so), and judge them as one verdict.
-    Returns it with the probe port's result. Never raises for network trouble."""
+    Each connect and read waits at most `timeout` seconds (default: the host's `probe_timeout`). Returns the
+    verdict with the probe port's result. Never raises for network trouble."""
+    timeout = timeout or host.probe_timeout
     verdict, result = _probe_port(host, context, host.probe_port, expect_local, timeout)
     for service in context.services:
         if service.port != host.probe_port:
@@ -51,10 +53,12 @@ def probe_until_secure(host: Host, context: ProbeContext, expect_local: str, att
     """Re-probe (read-only, so retrying is safe) until secure or `attempts` run out, waiting `first_delay`
     seconds, then twice as long each time (0.2, 0.4, 0.8, 1.6: 3 s in all by default). A reload takes effect
     asynchronously: new server processes start with the new configuration while idle old ones may still take
-    a connection. Returns the last verdict and what the last probe of the probe port saw."""
+    a connection. A probe that could not connect at all is not retried (no old process is answering: the
+    port is closed or filtered, or the link is gone). Returns the last verdict and what the last probe of the
+    probe port saw."""
     verdict, result = outside_probe(host, context, expect_local)
     for attempt in range(attempts - 1):
-        if verdict.status is Status.SECURE:
+        if verdict.status is Status.SECURE or not result.connected:
             break
         time.sleep(first_delay * 2 ** attempt)
         verdict, result = outside_probe(host, context, expect_local)

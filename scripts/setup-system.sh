@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the lab needs (Debian 12), non-interactively; chromium renders the HTML
-# plan in a test (headless, no network).
+# plan in a test (headless, no network); iptables makes the fault tests' closed, filtered and lossy links.
 # Safe to run again: apt-get skips what is already installed.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix asks one debconf question at install time; answer it so nothing prompts.
 echo "postfix postfix/main_mailer_type select Internet Site" | debconf-set-selections
 echo "postfix postfix/mailname string lab.example" | debconf-set-selections
-pkgs="postfix openssh-server openssh-client sasl2-bin libsasl2-modules sudo nmap swaks iproute2 util-linux procps openssl chromium"
+pkgs="postfix openssh-server openssh-client sasl2-bin libsasl2-modules sudo nmap swaks iproute2 iptables util-linux procps openssl chromium"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

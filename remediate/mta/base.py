@@ -306,8 +306,11 @@ class PlaybookDriver:
         on_copy, gathered = results[:len(pb.validate)], results[len(pb.validate):]
         for argv, new in zip(pb.validate, on_copy, strict=True):
             if new.rc != 0:
+                said = (new.err.strip() or new.out.strip())[-400:] or (
+                    "it printed nothing (run without a terminal, an MTA command may log why only to the host's "
+                    "mail log); the candidate's diff is in the report")
                 raise ValidationError(f"{host.name}: `{' '.join(fill(argv, dir='<candidate>'))}` exited {new.rc} "
-                                      f"on the candidate: {new.err.strip()[-400:]}")
+                                      f"on the candidate: {said}")
         warned = {argv: _warnings(new.err + new.out, pb.config_dir, tmp)
                   for argv, new in zip(pb.validate, on_copy, strict=True)}
         warned = {argv: found for argv, found in warned.items() if found}

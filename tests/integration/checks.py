@@ -75,3 +75,13 @@ def snapshot(root: Path, directory: str = "etc/postfix") -> dict[str, tuple[str,
 
 def master_pid(root: Path) -> str:
     return (root / "var/spool/postfix/pid/master.pid").read_text().strip()
+
+
+def wrap_postfix(lab, host: str, on_reload: str) -> None:
+    """Replace the host's `postfix` command with one that runs `on_reload` for the first `postfix reload`
+    (the tool's own reload; the rollback's reload then works, as after a transient fault)."""
+    lab.exec(host, ["mv", "/usr/sbin/postfix", "/usr/sbin/postfix.real"], check=True)
+    script = ("#!/bin/sh\nif [ \"$1\" = reload ] && [ ! -e /run/sabotaged ]; then\ntouch /run/sabotaged\n"
+              + on_reload + "\nfi\nexec /usr/sbin/postfix.real \"$@\"\n")
+    lab.exec(host, ["sh", "-c", "cat > /usr/sbin/postfix && chmod 755 /usr/sbin/postfix"], input=script,
+             check=True)

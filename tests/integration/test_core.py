@@ -22,6 +22,7 @@ from tests.integration.checks import (
     nmap_open_relay,
     rcpt,
     snapshot,
+    wrap_postfix,
 )
 
 MAIN = ["mx1", "mx2", "mx3", "mx4", "mx5", "mx6", "mx7"]   # one host per scenario
@@ -130,23 +131,13 @@ def test_rollback_restores_every_changed_host_byte_identical(lab, work, original
     assert nmap_open_relay(address)[address], "rollback returns to the old (open) state"
 
 
-def _wrap_postfix(lab, host: str, on_reload: str) -> None:
-    """Replace the host's `postfix` command with one that runs `on_reload` for the first `postfix reload`
-    (the tool's own reload; the rollback's reload then works, as after a transient fault)."""
-    lab.exec(host, ["mv", "/usr/sbin/postfix", "/usr/sbin/postfix.real"], check=True)
-    script = ("#!/bin/sh\nif [ \"$1\" = reload ] && [ ! -e /run/sabotaged ]; then\ntouch /run/sabotaged\n"
-              + on_reload + "\nfi\nexec /usr/sbin/postfix.real \"$@\"\n")
-    lab.exec(host, ["sh", "-c", "cat > /usr/sbin/postfix && chmod 755 /usr/sbin/postfix"], input=script,
-             check=True)
-
-
 @pytest.mark.parametrize(("host", "sabotage"), [
     ("mx8", "echo 'postfix: fatal: reload refused (injected)' >&2; exit 1"),
     # reload "works" but something else re-opens the relay: verification from outside must catch it
     ("mx9", "/usr/sbin/postconf -e 'mynetworks = 0.0.0.0/0'"),
 ])
 def test_a_failed_reload_or_verification_rolls_back_byte_identical(lab, work, original, host, sabotage, reliability):
-    _wrap_postfix(lab, host, sabotage)
+    wrap_postfix(lab, host, sabotage)
     try:
         before = snapshot(lab.path(host, "/"))
         proc = cli(lab, work, "apply", "--yes", "--limit", host, "--report", f"fault-{host}.json")

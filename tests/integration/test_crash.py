@@ -233,3 +233,42 @@ def test_sigterm_finishes_the_host_in_flight_and_starts_no_other(lab, tmp_path, 
                 "SIGTERM during a fleet run",
                 "the host in flight finishes (changed), no new host starts (skipped)",
                 "mx8 remediated, mx9 untouched")
+
+
+def test_link_cut_after_the_reload_before_verification_then_restored_and_rolled_back(lab, fresh, tmp_path,
+                                                                                      reliability):
+    """Fault 5, second half: the reload went through, then the link goes before the verification probe."""
+    inventory, original = fresh
+    inventory.write_text(inventory.read_text().replace("  command_timeout: 8", "  command_timeout: 3\n"
+                                                       "  probe_timeout: 2"))
+    gate = tmp_path / "go-on"
+    proc = subprocess.Popen([sys.executable, "-m", "remediate", "apply", "--yes", "-i", str(inventory),
+                             "--limit", HOST, "--report", "apply.json"], cwd=tmp_path,
+                            env={**os.environ, "REMEDIATE_FAULT": f"{HOST}/reloaded:wait={gate}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "reloaded" not in sum(journal_phases(tmp_path).values(), []):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    lab.cut(HOST)
+    started = time.monotonic()
+    gate.touch()
+    out, err = proc.communicate(timeout=120)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1, out + err
+    result = json.loads((tmp_path / "apply.json").read_text())["hosts"][0]
+    assert result["status"] == "failed" and "verification probe after reload" in result["error"], result
+    assert "ROLLBACK FAILED" in result["error"] and f"rollback --run {result['backup_id']}" in result["error"]
+    run_id = result["backup_id"]
+    assert f"{HOST}: failed" in run_cli("status", cwd=tmp_path).stdout   # `status` shows where it stopped
+
+    lab.restore(HOST)
+    rolled = cli(inventory, tmp_path, "rollback", "--yes", "--run", run_id, "--report", "rb.json")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert json.loads((tmp_path / "rb.json").read_text())["hosts"][0]["status"] == "restored"
+    assert_as_before(lab, original)
+    reliability("fault",
+                "5 link cut after the reload, before verification",
+                "failed: verification failed, ROLLBACK FAILED (host unreachable), with the `rollback --run` to use; "
+                "`status` shows the host failed",
+                "restored byte-identical by `rollback --run` once the link is back, Postfix answering", seconds)

@@ -11,11 +11,14 @@ for byte through each host's own root.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from remediate.lab import SCENARIOS
+from remediate.mta.playbook import PLAYBOOK_DIR
 from tests.conftest import run_cli
 from tests.integration.checks import (
     FOREIGN,
@@ -25,6 +28,7 @@ from tests.integration.checks import (
     rcpt,
     snapshot,
 )
+from tests.reliability import Stopwatch
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,14 @@ class Profile:
     tool: str                      # the command wrapped to fail once during activation (not validation)
     real: str                      # where the real one is kept
     fails_when: str                # sh condition on the wrapper's arguments that marks the live activation
+    pidfile: str                   # the daemon's pid file
 
 
 PROFILES = [
     Profile("exim", ("etc/exim4", "var/lib/exim4"), "exim-relay-nets", "/usr/sbin/service", "/usr/sbin/service.real",
-            '[ "$2" = reload ]'),
+            '[ "$2" = reload ]', "/run/exim4/exim.pid"),
     Profile("sendmail", ("etc/mail",), "sendmail-promiscuous", "/usr/sbin/makemap",
-            "/usr/libexec/sendmail/makemap", '[ "$2" = /etc/mail/access ]'),
+            "/usr/libexec/sendmail/makemap", '[ "$2" = /etc/mail/access ]', "/run/sendmail/mta/sendmail.pid"),
 ]
 
 
@@ -122,17 +127,22 @@ def test_apply_secures_every_host_keeps_local_mail_then_is_idempotent_and_rolls_
         assert postmaster(h) == 250
 
 
+def _wrap(lab, name: str, profile: Profile, action: str) -> None:
+    """Put a wrapper in place of `profile.tool` that does `action` (sh) once, at the live activation."""
+    # the real command stays at `real` (moved there unless it already lives there); a wrapper takes its place
+    keep = f"[ -e {profile.real} ] || mv {profile.tool} {profile.real}; rm -f {profile.tool}"
+    lab.exec(name, ["sh", "-c", keep], check=True)
+    script = (f"#!/bin/sh\nif {profile.fails_when} && [ ! -e /run/sabotaged ]; then touch /run/sabotaged; "
+              f"{action}; fi\nexec {profile.real} \"$@\"\n")
+    lab.exec(name, ["sh", "-c", f"cat > {profile.tool} && chmod 755 {profile.tool}"], input=script, check=True)
+
+
 def test_a_failed_activation_rolls_back_byte_identical_with_the_mta_answering(lab, fleet):
     profile, hosts, work, _ = fleet
     host = next(h for h in hosts if h.scenario == profile.breaks)
     lab.reset(host.name)
     before = _state(lab, host.name, profile)
-    # the real command stays at `real` (moved there unless it already lives there); a wrapper takes its place
-    keep = f"[ -e {profile.real} ] || mv {profile.tool} {profile.real}; rm -f {profile.tool}"
-    lab.exec(host.name, ["sh", "-c", keep], check=True)
-    script = (f"#!/bin/sh\nif {profile.fails_when} && [ ! -e /run/sabotaged ]; then touch /run/sabotaged; "
-              f"echo '{profile.mta}: activation refused (injected)' >&2; exit 1; fi\nexec {profile.real} \"$@\"\n")
-    lab.exec(host.name, ["sh", "-c", f"cat > {profile.tool} && chmod 755 {profile.tool}"], input=script, check=True)
+    _wrap(lab, host.name, profile, f"echo '{profile.mta}: activation refused (injected)' >&2; exit 1")
     try:
         proc = cli(lab, work, "apply", "--yes", "--limit", host.name, "--report", "fault.json")
         assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -142,3 +152,46 @@ def test_a_failed_activation_rolls_back_byte_identical_with_the_mta_answering(la
         assert postmaster(host) == 250, f"{profile.mta} not answering"
     finally:
         lab.reset(host.name)
+
+
+#: the shipped restart blocks with shorter waits, so the wedged path takes seconds (the shipped waits add up to
+#: under a minute: tests/unit/test_playbook.py)
+SHORT_WAITS = {"answer_timeout": 4, "stop_timeout": 1}
+
+
+@pytest.fixture(scope="module")
+def quick_playbooks(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("playbooks")
+    for source in PLAYBOOK_DIR.glob("*.yaml"):
+        text = source.read_text()
+        if source.name in ("exim.yaml", "sendmail.yaml"):
+            for key, seconds in SHORT_WAITS.items():
+                text, count = re.subn(rf"(?m)^(  {key}:) *\d+", rf"\g<1> {seconds}", text)
+                assert count == 1, key
+        (directory / source.name).write_text(text)
+    return directory
+
+
+def test_an_mta_wedged_by_its_reload_is_restarted_and_the_change_verified(lab, fleet, quick_playbooks, reliability):
+    """The daemon is stopped (SIGSTOP) just before the activation signals it: port 25 still takes connections
+    (the kernel's backlog) and never greets, as a wedged MTA does. The playbook's restart block ends it."""
+    profile, hosts, work, _ = fleet
+    host = next(h for h in hosts if h.scenario == profile.breaks)
+    lab.reset(host.name)
+    _wrap(lab, host.name, profile, f"kill -STOP $(head -n 1 {profile.pidfile})")
+    try:
+        with Stopwatch() as watch:
+            proc = cli(lab, work, "apply", "--yes", "--limit", host.name, "--report", "wedged.json",
+                       "--playbooks", str(quick_playbooks))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = report(work, "wedged.json")[host.name]
+        assert result["status"] == "changed", result
+        note = next(n for n in result["notes"] if n.startswith("escalated to a restart"))
+        assert "no SMTP banner after activation" in note and "started" in note, note
+        assert not nmap_open_relay(host.address)[host.address] and rcpt(host.address, FOREIGN) >= 500
+        assert postmaster(host) == 250, f"{profile.mta} not answering"
+    finally:
+        lab.reset(host.name)
+    reliability("fault", f"14 {profile.mta} wedged on reload (its daemon SIGSTOPped; apply path)",
+                f"changed, verified; report: {note[:90]}...", "remediated, verified, SMTP answering",
+                watch.seconds)

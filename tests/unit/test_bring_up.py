@@ -112,3 +112,19 @@ def test_a_port_this_machine_cannot_reach_at_all_is_noted_not_restarted() -> Non
                              structlog.get_logger())
     assert mta.calls == ["activate"] and time.monotonic() - started < WAIT + 1
     assert len(notes) == 1 and "no connection either" in notes[0] and "not restarted" in notes[0]
+
+
+def test_verification_does_not_re_probe_a_port_it_cannot_connect_to() -> None:
+    """Re-probes (0.2 + 0.4 + 0.8 + 1.6 s of backoff) are for old MTA processes still answering after a reload;
+    a port nothing listens on (closed, filtered, a cut link) ends the verification at once, never secure."""
+    from remediate.model import ProbeContext, Status
+    from remediate.verify import probe_until_secure
+
+    with socket.socket() as sock:   # a port that was free a moment ago: nothing listens on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    host = Host("mx1", "127.0.0.1", probe_port=port, probe_timeout=1)
+    started = time.monotonic()
+    verdict, result = probe_until_secure(host, ProbeContext(local_domain="mx1.example"), "accept")
+    assert not result.connected and verdict.status is not Status.SECURE
+    assert time.monotonic() - started < 1.5   # before: 3 s of re-probes

@@ -43,6 +43,16 @@ def test_the_postfix_playbook_loads_with_both_policies_and_real_transforms():
     assert pb.restart.answer_timeout + pb.restart.command_timeout + pb.restart.stop_timeout <= 60
 
 
+@pytest.mark.parametrize(("mta", "pidfile"), [("exim", "/run/exim4/exim.pid"),
+                                              ("sendmail", "/run/sendmail/mta/sendmail.pid")])
+def test_exim_and_sendmail_can_be_restarted_within_a_minute(mta: str, pidfile: str) -> None:
+    """A daemon that stops greeting after its activation is restarted (stop, SIGKILL through the pid file the
+    daemon writes, start), not left silent: bounded like Postfix's."""
+    restart = driver_for(mta).playbook.restart
+    assert restart.stop and restart.start and restart.pidfile == pidfile
+    assert restart.answer_timeout + restart.command_timeout + restart.stop_timeout <= 60
+
+
 def _broken(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
     text = POSTFIX.replace(old, new, 1)
     assert text != POSTFIX

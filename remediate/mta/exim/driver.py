@@ -123,7 +123,8 @@ class EximDriver(PlaybookDriver):
         chan = shell.open_stream(fill(sim.argv, config=directory, client=client))
         try:
             result = simulated_session(_Preamble(chan), xclient_addr=None, probe_domain=host.probe_domain,
-                                       local_domain=host.mail_domain or hostname or None, helo=HELO)
+                                       local_domain=host.mail_domain or hostname or None, helo=HELO,
+                                       timeout=host.probe_timeout)
         finally:
             chan.close()
         verdict = judge(result, expect_local=policy.expect_local, source="simulation")

@@ -139,7 +139,8 @@ class PostfixDriver(PlaybookDriver):
             try:
                 result = simulated_session(chan, xclient_addr=sim.options.get("xclient_addr", "203.0.113.9"),
                                            probe_domain=host.probe_domain, local_domain=local,
-                                           own_domains=own_domains(local, mydestination), helo=HELO)
+                                           own_domains=own_domains(local, mydestination), helo=HELO,
+                                           timeout=host.probe_timeout)
             finally:
                 chan.close()
             return result, judge(result, deferral=_deferral(restrictions), expect_local=expect_local,
