@@ -28,7 +28,7 @@ from remediate.mta import Candidate, Driver, Facts, Simulation, unchanged
 from remediate.mta.playbook import Policy
 from remediate.shell import Shell
 from remediate.smtp import ProbeResult
-from remediate.verdict import Verdict
+from remediate.verdict import SERVICE_BROKEN, Verdict
 from remediate.verify import answering, await_banner, outside_probe, probe_until_secure, proof
 
 
@@ -124,8 +124,11 @@ def prove(shell: Shell, driver: Driver, facts: Facts, cand: Candidate, host: Hos
     configuration (simulated the same way, only then). ValidationError otherwise."""
     sim = driver.validate(shell, facts, cand, host, policy)
     if sim.verdict.status is not Status.SECURE:
+        hint = ("; the MTA ended the session at once or never answered: it logs why (a bad parameter value) only "
+                "to the host's mail log when run without a terminal, and the candidate's diff shows what changed"
+                if SERVICE_BROKEN in sim.verdict.codes else "")
         raise ValidationError("the simulated session against the candidate is not secure: "
-                              + "; ".join(sim.verdict.reasons))
+                              + "; ".join(sim.verdict.reasons) + hint)
     if policy.expect_local == "accept" and sim.verdict.local_ok is False:
         live = driver.validate(shell, facts, unchanged(facts), host, policy)
         if live.verdict.local_ok is not False:

@@ -368,6 +368,7 @@ def test_an_invalid_candidate_is_refused_by_validation_and_nothing_is_written(la
     # smtpd, started on the private copy for the simulated session, stops at the bad number
     assert result["status"] == "failed", result
     assert "the simulated session against the candidate is not secure" in result["error"], result["error"]
+    assert "host's mail log" in result["error"], result["error"]    # where Postfix said why (no terminal)
     assert "+message_size_limit = 10M" in result["diff"], result["diff"]   # what was refused, in the report
     assert snapshot(lab.path(SPARE, "/")) == before and master_pid(lab.path(SPARE, "/")) == pid
     assert not (tmp_path / "backups").exists(), "nothing is backed up (or written) before validation passes"
