@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.checks import FOREIGN, rcpt, snapshot
-from tests.integration.test_core import _wrap_postfix
+from tests.integration.checks import FOREIGN, rcpt, snapshot, wrap_postfix
 
 POSTFIX = ["mx1", "mx2", "mx3", "mx4", "mx5", "mx6", "mx7", "mx8", "mx9"]
 
@@ -186,7 +185,7 @@ def test_waves_stop_before_the_second_wave_when_the_first_host_fails_with_no_fai
     for name in hosts:
         lab.reset(name)
     try:
-        _wrap_postfix(lab, "mx6", "echo 'postfix: fatal: reload refused (injected)' >&2; exit 1")
+        wrap_postfix(lab, "mx6", "echo 'postfix: fatal: reload refused (injected)' >&2; exit 1")
         before = {n: snapshot(lab.path(n, "/")) for n in hosts}
         proc = cli(lab, tmp_path, "apply", "--yes", "--limit", ",".join(reversed(hosts)), "--serial", "1,50%,100%",
                    "--max-fail-percent", "0", "--report", "w.json")
