@@ -63,11 +63,11 @@ PRIVATE_COPY = (
     'set -eu; umask 077; d=$(mktemp -d -t "$1.XXXXXX"); cp -a -- "$2/." "$d"; '
     'tar -x -p --same-owner --numeric-owner -f - -C "$d"; printf %s "$d"'
 )
-# Many files written under one root in one round trip: directories made 0700 ($2 of them, then the files'
-# relative paths), the files unpacked from a tar on stdin into a private directory beside them, each
-# fsynced and renamed into place in the order given, then their sha256 read back.
+# Many files written under one root in one round trip: directories made 0700, parents too ($2 of them,
+# then the files' relative paths), the files unpacked from a tar on stdin into a private directory beside
+# them, each fsynced and renamed into place in the order given, then their sha256 read back.
 PUT_FILES = (
-    'set -eu; umask 077; r=$1; n=$2; shift 2; i=0; while [ "$i" -lt "$n" ]; do install -d -m 0700 -- "$1"; '
+    'set -eu; umask 077; r=$1; n=$2; shift 2; i=0; while [ "$i" -lt "$n" ]; do mkdir -p -- "$1"; chmod 700 -- "$1"; '
     'shift; i=$((i+1)); done; t=$(mktemp -d -- "$r/.remediate.XXXXXX"); trap \'rm -rf -- "$t"\' EXIT; '
     'tar -x -p --same-owner --numeric-owner -f - -C "$t"; cd -- "$t"; sync -- "$@"; '
     'for f in "$@"; do mv -f -- "$t/$f" "$r/$f"; done; cd -- "$r"; '

@@ -153,8 +153,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _private_dirs(directory: Path) -> None:
+    """Create `directory` and every missing parent 0700 (`mkdir(parents=True)` makes parents with the
+    default mode: a store it creates would be readable by every local user)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+
+
 def _fsync_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dirs(path.parent)
     tmp = path.with_name(path.name + ".part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

@@ -109,6 +109,14 @@ def test_apply_secures_every_vulnerable_host_and_keeps_inbound_mail(lab, work, o
     assert (on_host / "files/etc/postfix/main.cf").stat().st_mode & 0o777 == 0o600
     assert on_host.stat().st_mode & 0o777 == 0o700
     assert not lab.path("mx1", "/var/lib/remediate/lock.json").exists(), "lock not released"
+    assert (work / "backups").stat().st_mode & 0o777 == 0o700 and local.stat().st_mode & 0o777 == 0o700
+    # the probes (scan's, apply's before and after) never sent DATA: no message was ever queued
+    for h in lab.hosts[:7]:
+        queued = [f for q in ("incoming", "active", "deferred", "hold", "maildrop")
+                  for f in lab.path(h.name, f"/var/spool/postfix/{q}").rglob("*") if f.is_file()]
+        assert not queued, (h.name, queued)
+        log = lab.path(h.name, "/var/log/syslog").read_text(errors="replace")
+        assert "postfix/qmgr" not in log and "postfix/cleanup" not in log, h.name   # nothing entered the queue
 
 
 def test_second_apply_reports_every_host_unchanged_and_touches_nothing(lab, work, original):

@@ -185,3 +185,28 @@ def test_an_interrupted_apply_protects_its_own_backup(tmp_path):
     assert state.interrupted
     assert referenced_runs([state]) == {RUN_B}
     assert plan_prune("mx1", [RUN_A, RUN_B, RUN_C], keep=1, protected=referenced_runs([state])).remove == (RUN_A,)
+
+
+def test_a_local_store_it_creates_is_private_every_directory_0700_every_file_0600(tmp_path):
+    """Issue #11: backups 0600 in 0700 directories, locally too: the store, each host's and run's folder."""
+    import stat
+
+    from remediate.backup import BackupStore, Saved
+    from remediate.model import Host
+    from remediate.shell import PosixShell
+    from remediate.transport import Local
+
+    live = tmp_path / "etc" / "main.cf"
+    live.parent.mkdir()
+    live.write_bytes(MAIN_CF)
+    shell = PosixShell(Local(Host("mx1", "127.0.0.1")))
+    shell.backup_root = str(tmp_path / "on-host")
+    store = BackupStore(tmp_path / "store" / "backups")
+    store.save(shell, RUN_A, "postfix@1", [Saved(str(live), MAIN_CF, shell.stat(str(live)), "file")])
+    made = [tmp_path / "store", *(tmp_path / "store").rglob("*")]
+    assert len(made) > 5
+    for path in made:
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+    for path in [tmp_path / "on-host", *(tmp_path / "on-host").rglob("*")]:   # and on the host
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
