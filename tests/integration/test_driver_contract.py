@@ -19,7 +19,7 @@ from remediate.errors import ValidationError
 from remediate.inventory import load_inventory
 from remediate.model import Host, Status
 from remediate.mta import Driver
-from remediate.phases import reinstate
+from remediate.phases import bring_up, reinstate
 from remediate.shell import open_shell
 from remediate.verify import answering, outside_probe, probe_until_secure
 from tests.integration.checks import FOREIGN, rcpt
@@ -137,7 +137,7 @@ def test_activate_then_restore_is_byte_identical_with_the_mta_answering(lab, cas
             st = facts.stats[name]
             shell.write_atomic(driver.playbook.files[name], cand.data(name), mode=st.mode, uid=st.uid, gid=st.gid)
         driver.check_live(shell)
-        driver.activate(shell)
+        bring_up(shell, driver, host, structlog.get_logger())   # activate and await the banner, as apply does
         verdict, _ = probe_until_secure(host, driver.probe_context(host, facts), policy.expect_local)
         assert verdict.status is Status.SECURE, verdict.reasons
         assert rcpt(host.address, FOREIGN) not in (250, 251)   # refused or deferred, as the policy allows
