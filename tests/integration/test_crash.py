@@ -111,20 +111,28 @@ def test_sigkill_after_write_then_resume_finishes_the_run(lab, fresh, tmp_path, 
                 "remediated and verified from outside")
 
 
-def test_link_cut_after_the_write_then_restored_and_rolled_back(lab, fresh, tmp_path, reliability):
-    inventory, original = fresh
+def _apply_cut_at(lab, inventory, tmp_path, phase: str, timeout: float) -> tuple[subprocess.Popen, str, str, float]:
+    """Run apply held at `phase` (REMEDIATE_FAULT), cut HOST's link, let it go on: (process, stdout, stderr,
+    seconds from the cut to the end)."""
     gate = tmp_path / "go-on"
     proc = subprocess.Popen([sys.executable, "-m", "remediate", "apply", "--yes", "-i", str(inventory),
                              "--limit", HOST, "--report", "apply.json"], cwd=tmp_path,
-                            env={**os.environ, "REMEDIATE_FAULT": f"{HOST}/written:wait={gate}"},
+                            env={**os.environ, "REMEDIATE_FAULT": f"{HOST}/{phase}:wait={gate}"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while "written" not in sum(journal_phases(tmp_path).values(), []):
+    while phase not in sum(journal_phases(tmp_path).values(), []):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.1)
     lab.cut(HOST)
+    started = time.monotonic()
     gate.touch()
-    out, err = proc.communicate(timeout=240)
+    out, err = proc.communicate(timeout=timeout)
+    return proc, out, err, time.monotonic() - started
+
+
+def test_link_cut_after_the_write_then_restored_and_rolled_back(lab, fresh, tmp_path, reliability):
+    inventory, original = fresh
+    proc, out, err, _ = _apply_cut_at(lab, inventory, tmp_path, "written", timeout=240)
     assert proc.returncode == 1, out + err
     result = json.loads((tmp_path / "apply.json").read_text())["hosts"][0]
     assert result["status"] == "failed" and "ROLLBACK FAILED" in result["error"], result
@@ -241,20 +249,7 @@ def test_link_cut_after_the_reload_before_verification_then_restored_and_rolled_
     inventory, original = fresh
     inventory.write_text(inventory.read_text().replace("  command_timeout: 8", "  command_timeout: 3\n"
                                                        "  probe_timeout: 2"))
-    gate = tmp_path / "go-on"
-    proc = subprocess.Popen([sys.executable, "-m", "remediate", "apply", "--yes", "-i", str(inventory),
-                             "--limit", HOST, "--report", "apply.json"], cwd=tmp_path,
-                            env={**os.environ, "REMEDIATE_FAULT": f"{HOST}/reloaded:wait={gate}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while "reloaded" not in sum(journal_phases(tmp_path).values(), []):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    lab.cut(HOST)
-    started = time.monotonic()
-    gate.touch()
-    out, err = proc.communicate(timeout=120)
-    seconds = time.monotonic() - started
+    proc, out, err, seconds = _apply_cut_at(lab, inventory, tmp_path, "reloaded", timeout=120)
     assert proc.returncode == 1, out + err
     result = json.loads((tmp_path / "apply.json").read_text())["hosts"][0]
     assert result["status"] == "failed" and "verification probe after reload" in result["error"], result
