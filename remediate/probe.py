@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from remediate.errors import ProbeDropped, ProbeError
@@ -298,7 +298,7 @@ class _Link:
             with self._lock:
                 if not self.alive:
                     return None
-                ready = self._ready.popleft() if self._ready else None
+            ready = self._greeted_first()
             opened = ready.result() if ready is not None else self.open()
             with self._lock:
                 self.opens += 1
@@ -311,6 +311,22 @@ class _Link:
                 self.release()
                 if not self.crowded(opened) and not spare_only:
                     self._strike(opened.error or "no session")
+
+    def _greeted_first(self) -> Future[_Opened] | None:
+        """Of the sessions `start` opened and nobody took yet, the one that greeted (or failed) first; None when
+        none is left. Not simply the first opened: a server may leave one connection in its listen queue until
+        another is served (a master process that still counts an old server process idle after a reload
+        starts no new one), and waiting on it first would cost the probe a read timeout."""
+        while True:
+            with self._lock:
+                pending = list(self._ready)
+                for ready in pending:
+                    if ready.done():
+                        self._ready.remove(ready)
+                        return ready
+            if not pending:
+                return None
+            wait(pending, return_when=FIRST_COMPLETED)
 
     def open(self) -> _Opened:
         """A new session in a free slot (waits for one); `release` the slot when it has ended."""

@@ -20,7 +20,7 @@ import secrets
 import shlex
 import tarfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,15 +53,27 @@ GATHER_TAIL = (
     'f=; i=1; while [ "$i" -le "$n" ]; do f="$f $d/$i.o $d/$i.e"; i=$((i+1)); done; '
     'printf \'%s\\n\' "$B"; cat -- "$d/rc"; printf \'%s\\n\' "$B"; wc -c -- $f; printf \'%s\\n\' "$B"; cat -- $f'
 )
+# Run a command ($3...), then wait for every child the process named in pid file $1 had before it to exit,
+# polling every 20 ms at most $2 times; prints "settled" or the pids still alive. Without a pid, or
+# without pgrep, nothing is waited for. The command's own exit status is the script's.
+RUN_AND_WAIT_CHILDREN = (
+    'set -u; f=$1; n=$2; shift 2; m=$(head -n 1 -- "$f" 2>/dev/null | tr -cd 0-9 || :); old=; '
+    'if [ -n "$m" ]; then old=$(pgrep -P "$m" 2>/dev/null | tr \'\\n\' \' \' || :); fi; '
+    '"$@" || exit $?; i=0; while [ -n "$old" ] && [ "$i" -lt "$n" ]; do left=; '
+    'for p in $old; do if [ -d "/proc/$p" ]; then left="$left $p"; fi; done; old=$left; '
+    'if [ -n "$old" ]; then i=$((i+1)); sleep 0.02; fi; done; '
+    'if [ -n "$old" ]; then echo "still running:$old"; else echo settled; fi'
+)
 # `cat` a file that may be absent: exit 3 (and no output) when it does not exist
 READ_IF_EXISTS = 'if [ -e "$1" ] || [ -L "$1" ]; then exec cat -- "$1"; else exit 3; fi'
 STAT_FORMAT = "%a %u %g %s %.9Y %U %G"
 STAT_IF_EXISTS = f'if [ -e "$1" ]; then exec stat -c "{STAT_FORMAT}" -- "$1"; else exit 3; fi'
-# A private copy of a directory with some files replaced: copy (modes, owners, times kept), then the tar
-# archive on stdin over it (its members' modes, owners and times); prints the copy's path.
+# A private copy of a directory with some files replaced, at a new path $1 (mkdir fails on anything already
+# there, a symlink included; the name holds 64 random bits): copy (modes, owners, times kept), then the tar
+# archive on stdin over it (its members' modes, owners and times). Removed again when a step fails.
 PRIVATE_COPY = (
-    'set -eu; umask 077; d=$(mktemp -d -t "$1.XXXXXX"); cp -a -- "$2/." "$d"; '
-    'tar -x -p --same-owner --numeric-owner -f - -C "$d"; printf %s "$d"'
+    'set -eu; umask 077; mkdir -m 700 -- "$1"; trap \'rm -rf -- "$1"\' EXIT; cp -a -- "$2/." "$1"; '
+    'tar -x -p --same-owner --numeric-owner -f - -C "$1"; trap - EXIT'
 )
 # Many files written under one root in one round trip: directories made 0700, parents too ($2 of them,
 # then the files' relative paths), the files unpacked from a tar on stdin into a private directory beside
@@ -116,6 +128,14 @@ class Run:
 Op = Read | Stat | Run
 
 
+@dataclass(frozen=True, slots=True)
+class PrivateCopy:
+    """A private copy of a directory on the host (`path`), and what the ops gathered with it returned."""
+
+    path: str
+    results: list[Any]
+
+
 class Shell(Protocol):
     """The primitives every room above the transport uses to touch a host."""
 
@@ -129,10 +149,12 @@ class Shell(Protocol):
     def close(self) -> None: ...
     def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
             timeout: float | None = None) -> Result: ...
+    def run_and_wait_children(self, argv: Sequence[str], *, pidfile: str, within: float,
+                              timeout: float | None = None) -> bool: ...
     def open_stream(self, argv: Sequence[str]) -> paramiko.Channel: ...
     def gather(self, ops: Sequence[Op]) -> list[Any]: ...
-    def private_copy(self, prefix: str, source: str,
-                     files: Mapping[str, tuple[bytes, FileStat]]) -> AbstractContextManager[str]: ...
+    def private_copy(self, prefix: str, source: str, files: Mapping[str, tuple[bytes, FileStat]],
+                     then: Callable[[str], Sequence[Op]] | None = None) -> AbstractContextManager[PrivateCopy]: ...
     def read(self, path: str) -> bytes: ...
     def exists(self, path: str) -> bool: ...
     def stat(self, path: str) -> FileStat: ...
@@ -177,6 +199,18 @@ class PosixShell:
         """Run a driver's argument vector (privileged when the host uses `become`)."""
         return self.conn.run(list(argv), input=input, check=check, timeout=timeout)
 
+    def run_and_wait_children(self, argv: Sequence[str], *, pidfile: str, within: float,
+                              timeout: float | None = None) -> bool:
+        """Run `argv` (as `run`, CommandError when it fails), then wait up to `within` seconds, in the same round
+        trip, for every child process that the process named in `pidfile` had before it to exit: after a
+        reload, the daemon's children from before it are gone (an old idle server process may still take one
+        connection, with the old configuration, and hold up new ones meanwhile). True when they
+        are gone (or there were none, or no pid to ask about), False when some still ran at `within`."""
+        polls = max(0, round(within / 0.02))
+        result = self.conn.run(["sh", "-c", RUN_AND_WAIT_CHILDREN, "sh", pidfile, str(polls), *argv],
+                               timeout=timeout)
+        return result.out.strip().splitlines()[-1:] == ["settled"]
+
     def open_stream(self, argv: Sequence[str]) -> paramiko.Channel:
         """Start argv with stdin/stdout as one byte stream (an MTA's own SMTP test session)."""
         return self.conn.open_stream(list(argv))
@@ -184,12 +218,18 @@ class PosixShell:
     def gather(self, ops: Sequence[Op]) -> list[Any]:
         """Every op in one remote round trip, in order: `Read` -> bytes, `Stat` -> FileStat (either None when
         missing and `missing_ok`), `Run` -> Result. CommandError for the first op that failed (a `Run` without
-        `check` never does); each op's command runs with stdin closed."""
-        if not ops:
+        `check` never does); each op's command runs with stdin closed. An op given twice runs once."""
+        return self._gather(ops)
+
+    def _gather(self, ops: Sequence[Op], prelude: Sequence[str] = (), input: bytes | None = None) -> list[Any]:
+        """`gather`, after `prelude` (an argv that reads `input` on stdin; CommandError, and no op runs, when
+        it fails)."""
+        if not ops and not prelude:
             return []
+        unique = list(dict.fromkeys(ops))
         boundary = secrets.token_hex(16)
-        lines = [f"B={boundary}", GATHER_HEAD]
-        for op in ops:
+        lines = [f"B={boundary}", *([f"{shlex.join(prelude)} || exit $?"] if prelude else []), GATHER_HEAD]
+        for op in unique:
             if isinstance(op, Read):
                 argv = ["sh", "-c", READ_IF_EXISTS, "sh", op.path] if op.missing_ok else ["cat", "--", op.path]
             elif isinstance(op, Stat):
@@ -198,23 +238,25 @@ class PosixShell:
             else:
                 argv = list(op.argv)
             lines.append("run " + shlex.join(argv))
-        lines.append(GATHER_TAIL)
-        out = self.conn.run(["sh", "-c", "\n".join(lines)]).stdout
+        lines.append(GATHER_TAIL if unique else "exit 0")
+        out = self.conn.run(["sh", "-c", "\n".join(lines)], input=input).stdout
+        if not unique:
+            return []
         mark = f"{boundary}\n".encode()
         parts = out.split(mark, 3)
         if len(parts) != 4 or parts[0]:
             raise CommandError(self.name, "gather", 1, "garbled output from the host")
         codes = parts[1].split()
-        sizes = [int(line.split()[0]) for line in parts[2].splitlines()[:2 * len(ops)]]
-        if len(codes) != len(ops) or len(sizes) != 2 * len(ops):
+        sizes = [int(line.split()[0]) for line in parts[2].splitlines()[:2 * len(unique)]]
+        if len(codes) != len(unique) or len(sizes) != 2 * len(unique):
             raise CommandError(self.name, "gather", 1, "garbled output from the host")
-        body, pos, results = parts[3], 0, []
-        for i, op in enumerate(ops):
+        body, pos, raw = parts[3], 0, {}
+        for i, op in enumerate(unique):
             nout, nerr = sizes[2 * i], sizes[2 * i + 1]
             stdout, stderr = body[pos:pos + nout], body[pos + nout:pos + nout + nerr]
             pos += nout + nerr
-            results.append(self._gathered(op, Result(shlex.join(_argv(op)), int(codes[i]), stdout, stderr)))
-        return results
+            raw[op] = Result(shlex.join(_argv(op)), int(codes[i]), stdout, stderr)
+        return [self._gathered(op, raw[op]) for op in ops]
 
     def _gathered(self, op: Op, result: Result) -> Any:
         if isinstance(op, Read | Stat) and op.missing_ok and result.rc == 3 and not result.stdout:
@@ -228,10 +270,13 @@ class PosixShell:
         return result
 
     @contextmanager
-    def private_copy(self, prefix: str, source: str, files: Mapping[str, tuple[bytes, FileStat]]) -> Iterator[str]:
-        """A private (0700) temporary copy of directory `source` (modes, owners and times kept) in which each
+    def private_copy(self, prefix: str, source: str, files: Mapping[str, tuple[bytes, FileStat]],
+                     then: Callable[[str], Sequence[Op]] | None = None) -> Iterator[PrivateCopy]:
+        """A private temporary copy of directory `source` (modes, owners and times kept, its own too: made new,
+        by this user, so nobody else can change what validation reads) in which each
         of `files` ({path relative to source: (bytes, stat)}) is replaced by the given bytes, with that
-        stat's mode, owner and modification time; one round trip. Removed with everything in it afterwards."""
+        stat's mode, owner and modification time, at /tmp/`prefix`.<random>; the ops `then(path)` gives are
+        gathered in the same round trip (`PrivateCopy.results`). Removed with everything in it afterwards."""
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for rel, (data, st) in files.items():
@@ -239,10 +284,12 @@ class PosixShell:
                 info.size, info.mode, info.uid, info.gid = len(data), st.mode, st.uid, st.gid
                 info.mtime = (st.mtime_ns / 10**9) if st.mtime_ns else st.mtime
                 tar.addfile(info, io.BytesIO(data))
-        path = self.conn.run(["sh", "-c", PRIVATE_COPY, "sh", prefix, source.rstrip("/") or "/"],
-                             input=archive.getvalue()).out.strip()
+        path = f"/tmp/{prefix}.{secrets.token_hex(8)}"   # noqa: S108 - a new name; mkdir refuses what exists
+        ops = list(then(path)) if then is not None else []
+        results = self._gather(ops, ["sh", "-c", PRIVATE_COPY, "sh", path, source.rstrip("/") or "/"],
+                               archive.getvalue())
         try:
-            yield path
+            yield PrivateCopy(path, results)
         finally:
             self.conn.run(["rm", "-rf", "--", path], check=False)
 

@@ -367,27 +367,23 @@ def _tcp(hostname: str, port: int, timeout: float) -> socket.socket:
 
 
 def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
-    """Read stdout and stderr together until the command exits (no deadlock on a full stderr)."""
+    """Read stdout and stderr together until the server said EOF and the command's exit status came (no
+    deadlock on a full stderr). Blocks in select on the channel, which wakes on data on either stream and on
+    EOF (paramiko sets its pipe for both), then waits for the exit status: no polling."""
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
     while True:
         if chan.recv_ready():
             out += chan.recv(65536)
-            continue
-        if chan.recv_stderr_ready():
+        elif chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
-            continue
-        # done only once the command exited AND the server said EOF: an exit status can arrive while
-        # output is still in flight, and stopping then truncates a large file
-        if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() \
-                and not chan.recv_stderr_ready():
+        elif chan.eof_received:
             break
-        if time.monotonic() > deadline:
+        elif (left := deadline - time.monotonic()) <= 0:
             raise TimeoutError(f"no exit after {timeout:.0f}s")
-        # wakes at once on data; an exit status alone does not wake select, so poll it briefly
-        select.select([chan], [], [], 0.005)
-    while chan.recv_ready():
-        out += chan.recv(65536)
-    while chan.recv_stderr_ready():
-        err += chan.recv_stderr(65536)
+        else:
+            select.select([chan], [], [], left)
+    # an exit status may come just before or after EOF; the output is complete once EOF is in
+    if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"no exit after {timeout:.0f}s")
     return bytes(out), bytes(err)

@@ -81,6 +81,8 @@ class Conversation:
                 while self.stream.recv(4096):
                     pass
                 return
+            if self.number == b.hold:
+                b.one_ended.wait(b.hold_seconds)
             for chunk in b.greeting():
                 self.stream.sendall(chunk)
                 time.sleep(b.trickle)
@@ -115,6 +117,8 @@ class Conversation:
             self.stream.close()
             with b.lock:
                 b.open_now -= 1
+            if self.number != b.hold:
+                b.one_ended.set()
 
     def send_reply(self, data: bytes) -> None:
         """A reply, at once or one byte every `reply_trickle` seconds; `reply_delay` seconds after the command."""
@@ -238,12 +242,18 @@ class Behaviour:
     stall_tls = False  # answer STARTTLS with 220, then never take part in the handshake
     max_errors: int | None = None
     max_sessions: int | None = None  # connections open at once; beyond: 421 at the greeting
+    #: the connection accepted as number `hold` (1, 2, ...) is greeted only once another one has ended (at the
+    #: latest after `hold_seconds`): a connection left in the listen queue while one process serves another
+    #: (Postfix's master after a reload, while it still counts an old smtpd as idle)
+    hold: int | None = None
+    hold_seconds = 4.0
     anonymous_reply = "235 2.7.0 Authentication successful"
     local_domains = ("example.org",)
 
     def __init__(self, **overrides: object) -> None:
         self.traces: list[str] = []
         self.lock, self.open_now = threading.Lock(), 0
+        self.one_ended = threading.Event()
         for key, value in overrides.items():
             assert hasattr(self, key), key
             setattr(self, key, value)

@@ -29,7 +29,7 @@ import inspect
 import posixpath
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +40,7 @@ from remediate.backup import Saved, sha256
 from remediate.errors import CommandError, CommandTimeout, DriverError, PlanMismatch, ValidationError
 from remediate.model import Finding, Host, PlannedHost, ProbeContext
 from remediate.mta.playbook import PLAYBOOK_DIR, Playbook, Policy, Transform, fill, load_playbook, resolve_args
-from remediate.shell import FileStat, Op, Read, Run, Shell, Stat, under
+from remediate.shell import FileStat, Op, PrivateCopy, Read, Run, Shell, Stat, under
 from remediate.smtp import ProbeResult
 from remediate.verdict import Verdict
 
@@ -172,10 +172,16 @@ class PlaybookDriver:
 
     def read(self, shell: Shell) -> Facts:
         """Every File (content and stat), every existing Derived file, and the fact commands' output."""
+        return self.read_with(shell)[0]
+
+    def read_with(self, shell: Shell, extra: Sequence[Op] = ()) -> tuple[Facts, list[Any]]:
+        """`read`, with the `extra` ops a driver wants (before it has seen the facts) in the same round trip;
+        their results."""
         pb = self.playbook
         ops: list[Op] = [op for path in pb.files.values() for op in (Read(path), Stat(path))]
         ops += [op for path in pb.derived for op in (Read(path, missing_ok=True), Stat(path))]
-        got = iter(shell.gather([*ops, *(Run(tuple(argv), check=False) for argv in pb.facts.values())]))
+        gathered = shell.gather([*ops, *(Run(tuple(argv), check=False) for argv in pb.facts.values()), *extra])
+        got = iter(gathered[:len(gathered) - len(extra)])
         raw: dict[str, bytes] = {}
         stats: dict[str, FileStat] = {}
         for name in pb.files:
@@ -190,7 +196,7 @@ class PlaybookDriver:
             if result.rc != 0:
                 raise CommandError(shell.name, result.command, result.rc, result.err)
             outputs[name] = result.out.rstrip("\n")   # one line per value: leading empty lines count
-        return Facts(raw, stats, outputs, derived)
+        return Facts(raw, stats, outputs, derived), gathered[len(gathered) - len(extra):]
 
     def with_originals(self, facts: Facts, originals: Mapping[str, bytes]) -> Facts:
         """`facts` with each File's bytes replaced by its backed-up original ({path: bytes}) where there is one."""
@@ -256,6 +262,9 @@ class PlaybookDriver:
                         client=pb.simulate.options.get("client", "{outside client}"))
             validate.append(shlex.join(argv) + "  (simulated outside session)")
         activate = [shlex.join(argv) for argv in (*pb.check, *pb.reload)] + list(self.activation_steps)
+        if pb.restart.settle_timeout and pb.reload:
+            activate[len(pb.check) + len(pb.reload) - 1] += (f"  (then up to {pb.restart.settle_timeout:g} s for the "
+                                                            f"children of {pb.restart.pidfile} from before it to exit)")
         return tuple(validate), tuple(activate)
 
     def check_against_plan(self, facts: Facts, cand: Candidate, planned: PlannedHost) -> None:
@@ -277,33 +286,37 @@ class PlaybookDriver:
     def validate(self, shell: Shell, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation:
         """Prove the candidate in a private copy of `config_dir`; the live configuration is never written.
 
-        Runs the playbook's validate commands on the live directory and on the copy: a failing command or a
-        warning only the copy produces is a ValidationError. Then the driver's simulated outside session
-        against the copy. The copy is removed in every case."""
-        with self.private_copy(shell, facts, cand) as tmp:
-            self.run_validate(shell, tmp, host)
-            return self.simulate(shell, tmp, host, policy)
+        Runs the playbook's validate commands on the copy (in the round trip that makes it) and, where the copy
+        warns, on the live directory: a failing command or a warning only the copy produces is a
+        ValidationError. Then the driver's simulated outside session against the copy. The copy is removed
+        in every case."""
+        with self.private_copy(shell, facts, cand, then=self.validate_ops) as copy:
+            self.judge_validation(shell, copy.path, host, copy.results)
+            return self.simulate(shell, copy.path, host, policy)
 
-    def private_copy(self, shell: Shell, facts: Facts, cand: Candidate) -> AbstractContextManager[str]:
-        """The private copy of `config_dir` with every changed file as the candidate has it (one round trip),
-        removed afterwards. Each changed file keeps the live file's mode, owner and modification time: Postfix
-        re-reads a file modified within the last second every 300 ms until it has "cooled down"
-        (dict_load_file, util/dict.c), which would cost each validation command ~2 s."""
+    def private_copy(self, shell: Shell, facts: Facts, cand: Candidate,
+                     then: Callable[[str], Sequence[Op]] | None = None) -> AbstractContextManager[PrivateCopy]:
+        """The private copy of `config_dir` with every changed file as the candidate has it, made in one round
+        trip with the ops `then(copy's path)` gives, removed afterwards. Each changed file keeps the live
+        file's mode, owner and modification time: Postfix re-reads a file modified within the last second
+        every 300 ms until it has "cooled down" (dict_load_file, util/dict.c), which would cost each
+        validation command ~2 s."""
         pb = self.playbook
         files = {posixpath.relpath(private_path(pb.config_dir, "/copy", pb.files[name]), "/copy"):
                  (cand.data(name), facts.stats[name]) for name in cand.changed}
-        return shell.private_copy("remediate-validate", pb.config_dir, files)
+        return shell.private_copy("remediate-validate", pb.config_dir, files, then=then)
 
-    def run_validate(self, shell: Shell, tmp: str, host: Host, extra: Sequence[Op] = ()) -> list[Any]:
-        """The playbook's validate commands on the copy `tmp`, in one round trip: each must exit 0 and warn only
-        where it also warns on the live directory (run there, in a second round trip, only when the copy
-        warns: the live baseline is not needed otherwise). ValidationError naming the command otherwise.
-        `extra` ops (what the driver's simulation reads) ride in the same round trip; returns their results."""
+    def validate_ops(self, tmp: str) -> list[Op]:
+        """The playbook's validate commands on the copy `tmp`, as ops to gather (`judge_validation` reads the
+        first len(validate) results)."""
+        return [Run(tuple(fill(argv, dir=tmp)), check=False) for argv in self.playbook.validate]
+
+    def judge_validation(self, shell: Shell, tmp: str, host: Host, results: Sequence[Any]) -> None:
+        """The validate commands' results on the copy `tmp` (the first len(validate) of `results`): each must
+        have exited 0 and warn only where it also warns on the live directory (run there, in a round trip of
+        its own, only when the copy warns). ValidationError naming the command otherwise."""
         pb = self.playbook
-        if not pb.validate and not extra:
-            return []
-        results = shell.gather([*(Run(tuple(fill(argv, dir=tmp)), check=False) for argv in pb.validate), *extra])
-        on_copy, gathered = results[:len(pb.validate)], results[len(pb.validate):]
+        on_copy = results[:len(pb.validate)]
         for argv, new in zip(pb.validate, on_copy, strict=True):
             if new.rc != 0:
                 said = (new.err.strip() or new.out.strip())[-400:] or (
@@ -315,14 +328,13 @@ class PlaybookDriver:
                   for argv, new in zip(pb.validate, on_copy, strict=True)}
         warned = {argv: found for argv, found in warned.items() if found}
         if not warned:
-            return gathered
+            return
         on_live = shell.gather([Run(tuple(fill(argv, dir=pb.config_dir)), check=False) for argv in warned])
         for (argv, found), live in zip(warned.items(), on_live, strict=True):
             added = found - _warnings(live.err + live.out, pb.config_dir, tmp)
             if added:
                 raise ValidationError(f"{host.name}: the candidate makes `{argv[0]}` warn: "
                                       + " | ".join(sorted(added))[:600])
-        return gathered
 
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
         """The MTA's own session against the configuration in `directory`, from a simulated outside client."""
@@ -347,9 +359,20 @@ class PlaybookDriver:
 
     def activate(self, shell: Shell) -> None:
         """Regenerate what derives from the configuration and reload the MTA (CommandError on failure;
-        CommandTimeout when a command runs past the playbook's `restart.command_timeout`)."""
-        for argv in self.playbook.reload:
-            shell.run(argv, timeout=self.playbook.restart.command_timeout)
+        CommandTimeout when a command runs past the playbook's `restart.command_timeout`). With the playbook's
+        `restart.settle_timeout`, the last reload command waits for the daemon's children from before it to
+        exit (bounded; the verification that follows copes with one that lingers)."""
+        spec = self.playbook.restart
+        if not self.playbook.reload:
+            return
+        *first, last = self.playbook.reload
+        for argv in first:
+            shell.run(argv, timeout=spec.command_timeout)
+        if spec.settle_timeout and spec.pidfile:
+            shell.run_and_wait_children(last, pidfile=spec.pidfile, within=spec.settle_timeout,
+                                        timeout=spec.command_timeout + spec.settle_timeout)
+        else:
+            shell.run(last, timeout=spec.command_timeout)
 
     def try_activate(self, shell: Shell) -> bool:
         """`activate`, reporting failure instead of raising (used while restoring)."""

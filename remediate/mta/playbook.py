@@ -26,7 +26,8 @@ from remediate.shell import under
 PLAYBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "playbooks"
 TOP_KEYS = {"mta", "version", "config_dir", "files", "derived", "facts", "policies", "validate", "simulate",
             "check", "reload", "restart", "backdate_writes"}
-RESTART_KEYS = {"answer_timeout", "command_timeout", "stop", "stop_timeout", "pidfile", "kill_group", "start"}
+RESTART_KEYS = {"answer_timeout", "command_timeout", "settle_timeout", "stop", "stop_timeout", "pidfile", "kill_group",
+                "start"}
 STEP_KEYS = {"file", "transform", "with"}
 POLICY_KEYS = {"description", "expect_local", "transforms"}
 Transform = Callable[..., str]
@@ -63,10 +64,14 @@ class Restart:
     `answer_timeout`: how long the SMTP banner may take after a reload or start; `command_timeout`: how
     long a reload, stop or start command may run before it counts as hung; `stop` then, if the process
     `pidfile` names is still alive `stop_timeout` after it, SIGKILL to it (to its process group with
-    `kill_group`), then `start`. No `stop`/`start`: the MTA cannot be restarted by this tool."""
+    `kill_group`), then `start`. No `stop`/`start`: the MTA cannot be restarted by this tool.
+    `settle_timeout` (0: off; needs `pidfile`): after the last reload command, how long to wait (in the same
+    round trip) for the children the process in `pidfile` had before it to exit, so that what answers next
+    runs the new configuration."""
 
     answer_timeout: float = 20.0
     command_timeout: float = 30.0
+    settle_timeout: float = 0.0
     stop: tuple[tuple[str, ...], ...] = ()
     stop_timeout: float = 10.0
     pidfile: str | None = None
@@ -207,9 +212,15 @@ def _restart(r: _Reader, top: Any) -> Restart:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
             raise r.fail("must be a number of seconds, more than 0 and at most 3600", node, key, f"restart.{key}")
         times[key] = float(value)
+    settle = block.get("settle_timeout", 0)
+    if isinstance(settle, bool) or not isinstance(settle, int | float) or not 0 <= settle <= 60:
+        raise r.fail("must be a number of seconds from 0 to 60", node, "settle_timeout", "restart.settle_timeout")
     pidfile = block.get("pidfile")
     if pidfile is not None and not (isinstance(pidfile, str) and pidfile.startswith("/")):
         raise r.fail("must be an absolute path", node, "pidfile", "restart.pidfile")
+    if settle and pidfile is None:
+        raise r.fail("needs restart.pidfile (whose process's children it waits for)", node, "settle_timeout",
+                     "restart.settle_timeout")
     if not isinstance(block.get("kill_group", False), bool):
         raise r.fail("must be true or false", node, "kill_group", "restart.kill_group")
     stop, start = r.argvs(node, "stop", "restart."), r.argvs(node, "start", "restart.")
@@ -217,7 +228,7 @@ def _restart(r: _Reader, top: Any) -> Restart:
         raise r.fail("stop and start go together (a restart needs both)", node, "stop" if stop else "start",
                      "restart")
     return Restart(stop=stop, start=start, pidfile=pidfile, kill_group=bool(block.get("kill_group", False)),
-                   **times)
+                   settle_timeout=float(settle), **times)
 
 
 def _policy(r: _Reader, pname: str, pnode: Any, files: Mapping[str, str],

@@ -64,8 +64,24 @@ def test_private_copy_replaces_files_with_the_given_bytes_mode_and_time_and_is_r
     (source / "main.cf").write_text("old\n")
     (source / "other.cf").write_text("kept\n")
     stat = FileStat(0o604, os.getuid(), os.getgid(), 0, 1_600_000_000, mtime_ns=1_600_000_000_123_456_789)
+    calls = []
+    run = shell.conn.run
+    shell.conn.run = lambda argv, **kw: calls.append(argv) or run(argv, **kw)
+    try:
+        with shell.private_copy("remediate-test", str(source), {"main.cf": (b"new\n", stat)},
+                                then=lambda d: [Read(f"{d}/main.cf"), Run(("cat", f"{d}/other.cf")),
+                                                Read(f"{d}/main.cf")]) as copy:
+            assert len(calls) == 1          # the copy and the ops gathered with it: one round trip
+            assert copy.results[0] == copy.results[2] == b"new\n" and copy.results[1].stdout == b"kept\n"
+            copied = Path(copy.path)
+    finally:
+        shell.conn.run = run
     with shell.private_copy("remediate-test", str(source), {"main.cf": (b"new\n", stat)}) as copy:
-        copied = Path(copy)
+        copied = Path(copy.path)
+        assert copy.results == []
+        # the copy's directory is the source's (mode, owner): what the MTA's programs read there is readable as
+        # in the source, and nobody else can change it
+        assert copied.stat().st_mode & 0o777 == source.stat().st_mode & 0o777 and copied.stat().st_uid == os.getuid()
         assert copied != source and (copied / "other.cf").read_text() == "kept\n"
         assert (copied / "main.cf").read_bytes() == b"new\n"
         st_ = (copied / "main.cf").stat()
@@ -113,3 +129,60 @@ def test_remove_if_same_removes_only_the_bytes_it_was_given(shell, tmp_path):
     assert not shell.remove_if_same(str(lock), b'{"run_id": "b"}') and lock.exists()
     assert shell.remove_if_same(str(lock), b'{"run_id": "a"}') and not lock.exists()
     assert not shell.remove_if_same(str(lock), b'{"run_id": "a"}')
+
+
+def test_run_and_wait_children_waits_for_the_daemons_children_from_before_the_command(shell, tmp_path):
+    import subprocess
+
+    daemon = subprocess.Popen(["sh", "-c", "sleep 0.4 & sleep 0.4 & wait"])
+    try:
+        pidfile = tmp_path / "daemon.pid"
+        pidfile.write_text(f"  {daemon.pid}\n")
+        time.sleep(0.05)                                   # its two children are running
+        started = time.monotonic()
+        assert shell.run_and_wait_children(["true"], pidfile=str(pidfile), within=3) is True
+        assert time.monotonic() - started >= 0.2           # it waited for them
+        assert daemon.wait(timeout=5) == 0
+        # no pid file (or no children): nothing to wait for; the command's failure is a CommandError
+        assert shell.run_and_wait_children(["true"], pidfile=str(tmp_path / "absent.pid"), within=3) is True
+        with pytest.raises(CommandError):
+            shell.run_and_wait_children(["false"], pidfile=str(pidfile), within=3)
+    finally:
+        daemon.kill()
+
+
+def test_run_and_wait_children_gives_up_after_within_seconds(shell, tmp_path):
+    import subprocess
+
+    daemon = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        pidfile = tmp_path / "daemon.pid"
+        pidfile.write_text(f"{daemon.pid}\n")
+        time.sleep(0.05)
+        started = time.monotonic()
+        assert shell.run_and_wait_children(["true"], pidfile=str(pidfile), within=0.2) is False
+        assert time.monotonic() - started < 5
+    finally:
+        subprocess.run(["pkill", "-P", str(daemon.pid)])
+        daemon.kill()
+
+
+def test_private_copy_never_reuses_a_path_that_exists_and_leaves_nothing_when_the_copy_fails(shell, tmp_path,
+                                                                                            monkeypatch):
+    import secrets
+
+    source = tmp_path / "etc"
+    source.mkdir()
+    (source / "main.cf").write_text("old\n")
+    planted = Path("/tmp/remediate-test.0000000000000000")
+    planted.symlink_to(tmp_path)          # someone else's link where the copy would go
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "0" * (2 * n))
+    try:
+        with pytest.raises(CommandError), shell.private_copy("remediate-test", str(source), {}):
+            pass
+        assert planted.is_symlink() and list(tmp_path.iterdir()) == [source]   # nothing written through it
+    finally:
+        planted.unlink()
+    with pytest.raises(CommandError), shell.private_copy("remediate-test", str(tmp_path / "absent"), {}):
+        pass
+    assert not Path("/tmp/remediate-test.0000000000000000").exists()          # removed after the failed copy

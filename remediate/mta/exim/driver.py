@@ -98,7 +98,8 @@ class EximDriver(PlaybookDriver):
     def validate(self, shell: Shell, facts: Facts, cand: Any, host: Host, policy: Policy) -> Simulation:
         """The candidate's complete configuration in a private copy: generated, checked with -bV, then a
         fake session from outside. ValidationError when it cannot be built or is invalid."""
-        with self.private_copy(shell, facts, cand) as tmp:
+        with self.private_copy(shell, facts, cand) as copy:
+            tmp = copy.path
             if "exim4_conf" in self.live_files(facts):
                 config = f"{tmp}/exim4.conf"
             else:

@@ -65,7 +65,8 @@ class PostfixDriver(PlaybookDriver):
         myhostname, sasl (type, path, config path: three lines); `domains`: mydestination, relay_domains,
         expanded), plus `sasl_mechanisms`: the Cyrus SASL mech_list smtpd uses ("" when SASL is not Cyrus or
         no mech_list is set: every installed mechanism)."""
-        facts = super().read(shell)
+        defaults = [Read(_sasl_conf(directory, ""), missing_ok=True) for directory in CYRUS_PATH]
+        facts, guessed = self.read_with(shell, defaults)   # where Cyrus looks unless told otherwise
         settings = [*facts.outputs.get("settings", "").split("\n"), "", "", "", "", ""][:5]
         domains = [*facts.outputs.get("domains", "").split("\n"), "", ""][:2]
         named = {"relay_restrictions": settings[0].strip(), "myhostname": settings[1].strip(),
@@ -74,9 +75,9 @@ class PostfixDriver(PlaybookDriver):
         kind, path, dirs = named["sasl"].split("\n")
         mechanisms = ""
         if kind.strip() == "cyrus":
-            confs = [f"{directory.rstrip('/')}/{path.strip() or 'smtpd'}.conf"
-                     for directory in (dirs.split(":") if dirs.strip() else CYRUS_PATH)]
-            found = [data for data in shell.gather([Read(conf, missing_ok=True) for conf in confs]) if data is not None]
+            confs = [_sasl_conf(directory, path) for directory in (dirs.split(":") if dirs.strip() else CYRUS_PATH)]
+            reads = [Read(conf, missing_ok=True) for conf in confs]
+            found = [data for data in (guessed if reads == defaults else shell.gather(reads)) if data is not None]
             if found:
                 mechanisms = rules.sasl_mechanisms(found[0].decode("utf-8", "replace"))
         return replace(facts, outputs={**facts.outputs, **named, "sasl_mechanisms": mechanisms})
@@ -103,11 +104,16 @@ class PostfixDriver(PlaybookDriver):
             services=smtp_services(facts.text("master_cf")) if "master_cf" in facts.raw else ())
 
     def validate(self, shell: Shell, facts: Facts, cand: Candidate, host: Host, policy: Policy) -> Simulation:
-        """The base validation (private copy, validate commands, simulated session), with what the simulation
-        reads of the copy gathered in the validate commands' round trip."""
-        with self.private_copy(shell, facts, cand) as tmp:
-            inputs = self.run_validate(shell, tmp, host, extra=_simulation_inputs(tmp))
-            return self._simulate(shell, tmp, host, policy, inputs)
+        """The base validation (private copy, validate commands, simulated session), with the validate commands
+        and what the simulation reads of the copy gathered in the round trip that makes the copy (an op both
+        need, `postconf -P`, runs once)."""
+        def ops(tmp: str) -> list[Op]:
+            return [*self.validate_ops(tmp), *_simulation_inputs(tmp)]
+
+        with self.private_copy(shell, facts, cand, then=ops) as copy:
+            self.judge_validation(shell, copy.path, host, copy.results)
+            inputs = copy.results[len(self.playbook.validate):]
+            return self._simulate(shell, copy.path, host, policy, inputs)
 
     def simulate(self, shell: Shell, directory: str, host: Host, policy: Policy) -> Simulation:
         """A real smtpd against `directory` over a pipe, from a simulated outside address (XCLIENT): the
@@ -153,6 +159,11 @@ class PostfixDriver(PlaybookDriver):
             verdict = merged(verdict, service.label, other, submission=service.submission, source="simulation")
             transcript += f" | {service.label}: {describe(other_result, other)}"
         return Simulation(verdict, transcript, result)
+
+
+def _sasl_conf(directory: str, name: str) -> str:
+    """Where Cyrus SASL reads the configuration of application `name` (smtpd_sasl_path; empty: smtpd)."""
+    return f"{directory.rstrip('/')}/{name.strip() or 'smtpd'}.conf"
 
 
 def _simulation_inputs(directory: str) -> list[Op]:

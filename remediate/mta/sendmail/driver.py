@@ -79,7 +79,8 @@ class SendmailDriver(PlaybookDriver):
 
     def validate(self, shell: Shell, facts: Facts, cand: Any, host: Host, policy: Policy) -> Simulation:
         live = self.playbook.config_dir
-        with self.private_copy(shell, facts, cand) as tmp:
+        with self.private_copy(shell, facts, cand) as copy:
+            tmp = copy.path
             cf = self._generate(shell, f"{tmp}/sendmail.mc", host).replace(f"{live}/".encode(), f"{tmp}/".encode())
             shell.write_atomic(f"{tmp}/sendmail.cf", cf, mode=0o644, uid=0, gid=0)
             self._maps(shell, tmp)
