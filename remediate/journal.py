@@ -143,13 +143,15 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+_PHASES = frozenset(p.value for p in Phase)
+
 #: per event, its keys and what each must hold (True: the key is required)
 _EVENTS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     "run_started": {"command": (True, _text), "inventory": (False, _text),
                     "pid": (False, lambda v: v is None or (type(v) is int and v > 0)),
                     "hosts": (False, lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v))},
     "phase": {"host": (True, lambda v: isinstance(v, str) and v != ""),
-              "phase": (True, lambda v: v in {p.value for p in Phase})},
+              "phase": (True, lambda v: v in _PHASES)},
     "run_finished": {},
     "settled": {"how": (False, _text)},
 }

@@ -12,12 +12,11 @@ import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from remediate import fleet, mta, orchestrator, plandoc, planfile, report, signing
 from remediate.cli import backups as backups_cli
 from remediate.cli import lab as lab_cli
 from remediate.cli.common import (
@@ -42,9 +41,10 @@ from remediate.cli.common import (
     valid_run_id,
 )
 from remediate.errors import ConfigError, RemediateError
-from remediate.journal import Journal, list_runs, mark_settled, read_journal
 from remediate.model import Host, HostResult, Plan, RunResult, Status, new_run_id
-from remediate.planfile import load_plan
+
+if TYPE_CHECKING:   # each command imports what it uses when it runs: `--help` loads no SSH or SMTP stack
+    from remediate import fleet, orchestrator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Close open relays and anonymous SMTP AUTH on mail servers: scan, plan, apply, roll back.")
@@ -68,6 +68,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def _settings(run_id: str, forks: int, playbooks: Path | None, backups: Path = Path("backups"),
               runs: Path = Path("runs"), break_lock: bool = False) -> orchestrator.Settings:
+    from remediate import orchestrator
+
     return orchestrator.Settings(run_id=run_id, backups=backups, runs=runs, playbooks=playbooks, forks=forks,
                                  break_lock=break_lock)
 
@@ -88,6 +90,8 @@ def _trap_signals(st: orchestrator.Settings) -> None:
 def scan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, report_file: ReportOpt = None,
          forks: Forks = 10, playbooks: Playbooks = None, runs: Runs = Path("runs"), verbose: Verbose = False) -> None:
     """Probe every host from here and explain findings from its configuration. Changes nothing."""
+    from remediate import orchestrator
+
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = load_hosts(inventory, limit, playbooks)
@@ -118,6 +122,8 @@ def plan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
          report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None, runs: Runs = Path("runs"),
          verbose: Verbose = False) -> None:
     """Dry run for approval: diff and simulated SMTP verdict per host. Changes nothing on any host."""
+    from remediate import orchestrator, planfile, signing
+
     if source is not None:
         try:
             doc = planfile.read_document(source)
@@ -151,6 +157,8 @@ def plan(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
 
 def _emit_plan(doc: dict[str, Any], fmt: PlanFormat, output: Path | None) -> None:
     """The sealed plan `doc` as `fmt`, to `output` (atomically) or stdout."""
+    from remediate import plandoc, planfile
+
     if fmt is PlanFormat.JSON:
         if output is None:
             sys.stdout.write(planfile.dumps(doc))
@@ -192,22 +200,15 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
                                                            "unreachable")] = None,
           verbose: Verbose = False) -> None:
     """Back up, edit, validate, reload and verify each host; roll back any host that fails."""
+    from remediate import orchestrator
+    from remediate.journal import Journal, list_runs
+
     waves = _waves(serial, max_fail_percent, window, canary, max_failures, pause_after_canary, yes)
     run_id = new_run_id()
     setup_logging(verbose, None)
     hosts = load_hosts(inventory, limit, playbooks)
     st = _settings(run_id, forks, playbooks, backups, runs, break_lock)
-    if plan_file is not None:
-        st.planned = _approved(plan_file, verify_with, playbooks)
-        absent = sorted(set(st.planned.hosts) - {h.name for h in hosts})
-        hosts = [h for h in hosts if h.name in st.planned.hosts]
-        if not hosts:
-            raise fail(f"{plan_file}: none of the selected hosts is in this plan")
-        if absent:
-            err.print(f"note: approved in {plan_file} but not selected from the inventory, so left alone: "
-                      f"{', '.join(absent)}", highlight=False, markup=False)
-    elif verify_with is not None:
-        raise fail("--verify-with checks a plan's signature: use it with --plan")
+    hosts = _planned_hosts(st, hosts, plan_file, verify_with, playbooks)
     interrupted = [r for r in list_runs(runs) if r.interrupted]
     if interrupted:
         last = interrupted[-1].run_id
@@ -226,9 +227,29 @@ def apply(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None, ye
         journal.finish()
 
 
+def _planned_hosts(st: orchestrator.Settings, hosts: list[Host], plan_file: Path | None, verify_with: Path | None,
+                   playbooks: Path | None) -> list[Host]:
+    """With `--plan`: the approved plan in `st.planned`, and only its hosts (exit 2 when none is selected)."""
+    if plan_file is None:
+        if verify_with is not None:
+            raise fail("--verify-with checks a plan's signature: use it with --plan")
+        return hosts
+    st.planned = _approved(plan_file, verify_with, playbooks)
+    absent = sorted(set(st.planned.hosts) - {h.name for h in hosts})
+    hosts = [h for h in hosts if h.name in st.planned.hosts]
+    if not hosts:
+        raise fail(f"{plan_file}: none of the selected hosts is in this plan")
+    if absent:
+        err.print(f"note: approved in {plan_file} but not selected from the inventory, so left alone: "
+                  f"{', '.join(absent)}", highlight=False, markup=False)
+    return hosts
+
+
 def _waves(serial: str | None, max_fail_percent: float | None, window: str | None, canary: int,
            max_failures: int | None, pause: bool, yes: bool) -> fleet.Waves:
     """The run's pacing from the options, or exit 2 naming the option (nothing contacted yet)."""
+    from remediate import fleet
+
     if canary and serial is not None:
         raise fail("--canary K is --serial K,100% with no failure allowed in the first wave: give one of them")
     try:
@@ -250,6 +271,8 @@ def _waves(serial: str | None, max_fail_percent: float | None, window: str | Non
 
 def _ask_after_first_wave(results: list[HostResult]) -> bool:
     """Show the first wave's results; go on only if the operator says so."""
+    from remediate import report
+
     wave = RunResult("first wave", "apply")
     wave.hosts = list(results)
     report.render(wave, out)
@@ -258,6 +281,9 @@ def _ask_after_first_wave(results: list[HostResult]) -> bool:
 
 def _approved(plan_file: Path, verify_with: Path | None, playbooks: Path | None) -> Plan:
     """The approved plan, intact, unexpired, made with today's drivers; exit 2 (nothing contacted) if not."""
+    from remediate import mta
+    from remediate.planfile import load_plan
+
     def digest(driver: str) -> str:
         if not mta.has_driver(driver):
             raise ConfigError(f"the plan names driver {driver!r}, which this version does not have",
@@ -271,6 +297,8 @@ def _approved(plan_file: Path, verify_with: Path | None, playbooks: Path | None)
 
 
 def _show_plan(hosts: list[Host], st: orchestrator.Settings) -> None:
+    from remediate import fleet, orchestrator, report
+
     run = RunResult(st.run_id, "plan")
     run.hosts = fleet.run_fleet(hosts, lambda h: orchestrator.plan_host(h, st), st.forks, st.stop)
     report.render(run, out, show_diffs=True)
@@ -284,6 +312,9 @@ def rollback(inventory: Inventory = Path("inventory.yaml"), limit: Limit = None,
              backups: Backups = Path("backups"), runs: Runs = Path("runs"),
              break_lock: Annotated[bool, typer.Option("--break-lock")] = False, verbose: Verbose = False) -> None:
     """Restore the backup of a run (latest by default), validate, reload, and check the MTA answers."""
+    from remediate import orchestrator
+    from remediate.journal import Journal, list_runs, mark_settled
+
     if run and latest:
         raise fail("--run and --latest exclude each other")
     if run is not None and not valid_run_id(run):
@@ -315,6 +346,9 @@ def resume(run_id: Annotated[str, typer.Argument(help="the interrupted run")],
            report_file: ReportOpt = None, forks: Forks = 10, playbooks: Playbooks = None,
            backups: Backups = Path("backups"), runs: Runs = Path("runs"), verbose: Verbose = False) -> None:
     """Finish or roll back each host of an interrupted run from its recorded phase."""
+    from remediate import orchestrator
+    from remediate.journal import Journal, mark_settled, read_journal
+
     if not valid_run_id(run_id) or not (runs / run_id / "journal.jsonl").is_file():
         raise fail(f"no journal for run {run_id!r} in {runs}/ (`remediate status` lists runs)")
     state = read_journal(runs / run_id / "journal.jsonl")
@@ -385,6 +419,8 @@ def status(inventory: Annotated[Path | None, typer.Option("-i", "--inventory", h
                                                           "(default: every host in the journal)")] = None,
            limit: Limit = None, runs: Runs = Path("runs")) -> None:
     """Runs recorded in the journal, and each host's last phase (interrupted runs first). Contacts no host."""
+    from remediate.journal import list_runs
+
     wanted: set[str] | None = None
     if inventory is not None:
         wanted = {h.name for h in load_hosts(inventory, limit)}

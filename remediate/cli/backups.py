@@ -6,7 +6,7 @@ import fnmatch
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,13 +14,13 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from remediate.backup import housekeeping
-from remediate.backup.housekeeping import Inspection, PruneResult, referenced_runs, valid_run_id
 from remediate.cli.common import Backups, Forks, Inventory, Limit, Runs, Yes, confirm, exit_code, fail, out
 from remediate.errors import ConfigError, LockError, RemediateError
-from remediate.inventory import load_inventory, select
-from remediate.journal import RunState, list_runs
 from remediate.model import Host
+
+if TYPE_CHECKING:   # imported by the commands when they run (`--help` loads no SSH stack)
+    from remediate.backup.housekeeping import Inspection, PruneResult
+    from remediate.journal import RunState
 
 app = typer.Typer(no_args_is_help=True, help="The backup store: list runs, check both copies, prune old runs.")
 RunIdArg = Annotated[str, typer.Argument(metavar="RUN_ID", help="a run id, like 20261128T204700Z-3f9a")]
@@ -28,6 +28,8 @@ RunIdArg = Annotated[str, typer.Argument(metavar="RUN_ID", help="a run id, like 
 
 def _inventory_hosts(inventory: Path, limit: str | None) -> list[Host]:
     """The inventory's hosts selected by --limit (no driver needed: backups are plain files)."""
+    from remediate.inventory import load_inventory, select
+
     try:
         return list(select(load_inventory(inventory), limit))
     except ConfigError as exc:
@@ -62,6 +64,9 @@ def backups_list(inventory: Annotated[Path | None, typer.Option("-i", "--invento
                  limit: Limit = None, backups: Backups = Path("backups"), runs: Runs = Path("runs")) -> None:
     """Runs in the local backup store per host: when, which files, and what the run's journal says.
     Contacts no host. Exit 1 when a manifest is unreadable (the row says why)."""
+    from remediate.backup import housekeeping
+    from remediate.journal import list_runs
+
     store = housekeeping.Backups(backups)
     pairs = sorted(store.runs())  # by host, then oldest run first
     if inventory is not None:
@@ -100,6 +105,9 @@ def backups_show(run_id: RunIdArg, inventory: Inventory = Path("inventory.yaml")
                  backups: Backups = Path("backups"), forks: Forks = 10) -> None:
     """A run's manifest per host and whether each file's local and host copies are present and intact.
     Reads only (connects to the hosts for their copies). Exit 0 only when every copy is intact."""
+    from remediate.backup import housekeeping
+    from remediate.backup.housekeeping import valid_run_id
+
     if not valid_run_id(run_id):
         raise fail(f"{run_id!r} is not a run id (like 20261128T204700Z-3f9a; `remediate backups list` shows them)")
     hosts = _inventory_hosts(inventory, limit)
@@ -147,6 +155,8 @@ def backups_prune(keep: Annotated[int, typer.Option("--keep", help="runs kept pe
                   forks: Forks = 10) -> None:
     """Per host, delete all but the newest KEEP runs' backups, locally and on the host. Never the newest,
     never a run that an unfinished (live or interrupted) run is or refers to."""
+    from remediate.backup import housekeeping
+
     if keep < 1:
         raise fail(f"--keep {keep}: keep at least 1 run per host (the newest backup is never removed)")
     hosts = _inventory_hosts(inventory, limit)
@@ -173,6 +183,9 @@ def backups_prune(keep: Annotated[int, typer.Option("--keep", help="runs kept pe
 
 def _protected_runs(runs: Path) -> frozenset[str]:
     """Runs prune must keep, from the journals; exits 1 while a run that may restore an old backup is live."""
+    from remediate.backup.housekeeping import referenced_runs
+    from remediate.journal import list_runs
+
     states = list_runs(runs)
     busy = [s for s in states if s.live and s.command != "apply"]
     if busy:  # a live rollback may be about to restore a run its journal does not name yet

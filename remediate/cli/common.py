@@ -10,19 +10,18 @@ import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from remediate import fleet, mta, orchestrator, report
-from remediate.cli.progress import FleetProgress
 from remediate.errors import ConfigError, LabSetupError, RemediateError
-from remediate.inventory import load_inventory, select
-from remediate.journal import Journal
 from remediate.model import OK_STATUSES, Host, HostResult, RunResult, Status
+
+if TYPE_CHECKING:   # the commands import what they use when they run: `--help` loads no SSH or SMTP stack
+    from remediate import fleet, orchestrator
+    from remediate.journal import Journal
 
 out = Console()
 if not out.is_terminal:  # logs and pipes: wide enough for the table, never the 80-column guess
@@ -79,6 +78,8 @@ def valid_run_id(run: str) -> bool:
 
 def setup_logging(verbose: bool, logfile: Path | None) -> None:
     """structlog once: console lines on a terminal, JSON lines otherwise; every event also to `logfile`."""
+    import structlog
+
     threshold = 20 if verbose else 30
     levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "exception": 40}
     fh = open(logfile, "a", buffering=1) if logfile else None  # noqa: SIM115 - lives for the run
@@ -108,6 +109,9 @@ def begin(verbose: bool, runs: Path, run_id: str) -> None:
 def load_hosts(inventory: Path, limit: str | None, playbooks: Path | None = None) -> list[Host]:
     """Inventory, --limit, and every built driver's playbook and policy for the selected hosts, all
     validated before anything is contacted. Exit 2 naming file, line and key on bad input."""
+    from remediate import mta
+    from remediate.inventory import load_inventory, select
+
     try:
         inv = load_inventory(inventory)
         hosts = list(select(inv, limit))
@@ -130,6 +134,9 @@ def execute(command: str, hosts: list[Host], work: Callable[[Host], HostResult],
     """Work the fleet (in `waves`) with progress on stderr (hosts done, in flight with their phase from
     `journal`, failures against the budget, the wave), render the table on `table` (default stdout), write
     the report and call each of `outputs`; exit 1 unless every host is `ok`."""
+    from remediate import fleet, report
+    from remediate.cli.progress import FleetProgress
+
     run = RunResult(settings.run_id, command)
     with FleetProgress(command, len(hosts), err, lines_when_piped=journal is not None) as progress:
         if journal is not None:

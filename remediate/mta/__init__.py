@@ -10,6 +10,8 @@ the fleet going. How to add an MTA: docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import functools
+import importlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from remediate.errors import DriverError
@@ -25,17 +27,36 @@ from remediate.mta.base import (
     Simulation,
     unchanged,
 )
-from remediate.mta.exim.driver import EximDriver
-from remediate.mta.postfix import PostfixDriver
-from remediate.mta.sendmail.driver import SendmailDriver
 from remediate.shell import Shell
 
-DRIVERS: dict[str, type[PlaybookDriver]] = {"postfix": PostfixDriver, "exim": EximDriver, "sendmail": SendmailDriver}
+#: inventory `mta` value -> (module, class, the process names its driver's `listeners` gives). A driver's
+#: module is imported on first use: a run that works only Postfix hosts never loads Exim's.
+_REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "postfix": ("remediate.mta.postfix.driver", "PostfixDriver", ("master",)),
+    "exim": ("remediate.mta.exim.driver", "EximDriver", ("exim4", "exim")),
+    "sendmail": ("remediate.mta.sendmail.driver", "SendmailDriver", ("sendmail", "sendmail-mta")),
+}
+
+
+class _Drivers(Mapping[str, type[PlaybookDriver]]):
+    """The driver classes by inventory `mta` value, each imported when first looked up."""
+
+    def __getitem__(self, mta: str) -> type[PlaybookDriver]:
+        module, cls, _ = _REGISTRY[mta]
+        found: type[PlaybookDriver] = getattr(importlib.import_module(module), cls)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+
+DRIVERS: Mapping[str, type[PlaybookDriver]] = _Drivers()
 
 #: process names seen listening on port 25, for MTAs with or without a driver
-LISTENERS: dict[str, str] = {
-    **{name: mta for mta, cls in DRIVERS.items() for name in cls.listeners},
-}
+LISTENERS: dict[str, str] = {name: mta for mta, (_, _, names) in _REGISTRY.items() for name in names}
 
 __all__ = ["DRIVERS", "Candidate", "Derived", "Driver", "Facts", "File", "Object", "Simulation", "detect",
            "driver_for", "has_driver", "resolve", "unchanged"]

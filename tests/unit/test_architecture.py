@@ -108,3 +108,30 @@ def test_only_the_shell_builds_os_commands():
                     and node.elts[0].value in OS_COMMANDS:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)[:60]}")
     assert not found, "\n".join(found)
+
+
+def test_the_command_line_loads_no_ssh_smtp_or_driver_stack_until_a_command_runs():
+    """`remediate --help` (and a typo) answer at once: the heavy modules are imported by the commands that use
+    them (issue #9, lazy imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, remediate.cli; print(' '.join(m for m in ('paramiko', 'structlog', 'ruamel.yaml', "
+            "'remediate.probe', 'remediate.orchestrator', 'remediate.mta', 'remediate.backup') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
+
+def test_the_driver_registry_names_each_drivers_own_name_and_listeners_and_loads_one_only_when_asked():
+    import subprocess
+    import sys
+
+    from remediate.mta import DRIVERS, LISTENERS
+
+    for name, cls in DRIVERS.items():
+        assert cls.name == name
+        assert {process for process, mta in LISTENERS.items() if mta == name} == set(cls.listeners)
+    code = ("import sys; from remediate.mta import driver_for; driver_for('postfix'); "
+            "print(' '.join(m for m in sys.modules if m.startswith('remediate.mta.') and m.endswith('.driver')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == ["remediate.mta.postfix.driver"]

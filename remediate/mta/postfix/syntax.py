@@ -346,7 +346,13 @@ def _override(option: Token, argument: Token | None) -> Override | None:
 def parse_services(text: str, *, strict: bool = False) -> list[Service]:
     """Every service entry of a master.cf with its ``-o`` overrides, in file order. `strict` (for judging and
     editing): ConfigError naming master.cf and the line for a NUL byte inside an entry, as `parse_parameters`
-    (not strict, what finds the services to probe: a NUL is one more character)."""
+    (not strict, what finds the services to probe: a NUL is one more character). A run parses the same
+    master.cf several times (each probe's services, the simulation, the audit): the parse is kept (frozen)."""
+    return list(_parsed_services(text, strict))
+
+
+@lru_cache(maxsize=64)
+def _parsed_services(text: str, strict: bool) -> tuple[Service, ...]:
     lines = split_lines(text)
     services = []
     for group in logical_lines(lines):
@@ -374,7 +380,7 @@ def parse_services(text: str, *, strict: bool = False) -> list[Service]:
                 overrides.append(override)
         services.append(Service(tokens[0].text, tokens[1].text, tokens[7].text, group[0] + 1,
                                 tuple(overrides)))
-    return services
+    return tuple(services)
 
 
 def remove_overrides(text: str, overrides: Iterable[Override]) -> str:
