@@ -68,6 +68,10 @@ _MAX_STRIKES = 2
 BUDGET_READS = 6
 _ROTATE_AFTER = 6  # relay tests per session: under the error tarpits (one MTA we know sleeps from ten errors on)
 _MAX_SESSIONS = 5  # connections to one host at once
+#: a server that answers a TCP connect this fast (seconds) is near: concurrency saves round trips worth less
+#: than the server processes each extra connection starts (an MTA forks or spawns one per connection), so
+#: the probe keeps to `_NEAR_SESSIONS` connections at once there
+_NEAR, _NEAR_SESSIONS = 0.005, 2
 _LEARN = 4  # the first group: the first test of each sender, to learn which MAIL FROMs are refused
 
 Test = tuple[int, str, str]  # (form, MAIL FROM, RCPT TO)
@@ -203,6 +207,8 @@ class _Opened:
     ehlo: Reply | None = None
     error: str | None = None
     connected: bool = False   # the TCP connection was accepted
+    connect_seconds: float | None = None  # how long the TCP connect took (about one round trip)
+    alongside: int = 0        # other sessions of the probe open when this one was opened
     pipelining: bool = False  # this session's EHLO advertised PIPELINING
 
 
@@ -212,11 +218,13 @@ def _open(connect: Connect, address: str, port: int, helo: str, timeout: float,
     left = timeout if deadline is None else min(timeout, deadline - time.monotonic())
     if left <= 0:
         return _Opened(None, error=f"not connected to {address}:{port}: the probe's deadline passed")
+    started = time.monotonic()
     try:
         stream = connect(address, port, left)
     except OSError as exc:
         return _Opened(None, error=f"cannot connect to {address}:{port}: {exc}")
-    session, opened = SmtpSession(stream, timeout=timeout, deadline=deadline), _Opened(None, connected=True)
+    session = SmtpSession(stream, timeout=timeout, deadline=deadline)
+    opened = _Opened(None, connected=True, connect_seconds=time.monotonic() - started)
     try:
         opened.banner = session.read_reply()
         if opened.banner.klass != 2:
@@ -279,10 +287,19 @@ class _Link:
         return self.strikes < _MAX_STRIKES
 
     def start(self) -> _Opened | None:
-        """Open two sessions at once; the first one that works (`first`), or None when both failed."""
+        """Open two sessions at once; the first one that works (`first`), or None when both failed. A server
+        near enough (`_NEAR`) gets at most `_NEAR_SESSIONS` sessions at once from then on."""
         self._active += 2
-        self._ready.extend(self._pool.submit(self._opener) for _ in range(2))
-        return self.take()
+        self._ready.extend(self._pool.submit(self._paired) for _ in range(2))
+        opened = self.take()
+        if opened is not None and opened.connect_seconds is not None and opened.connect_seconds < _NEAR:
+            self.narrow(_NEAR_SESSIONS)
+        return opened
+
+    def _paired(self) -> _Opened:
+        opened = self._opener()
+        opened.alongside = 1
+        return opened
 
     def lend(self) -> Future[_Opened] | None:
         """The spare session opened by `start` (with its slot: `release` it), for a session that is not a relay
@@ -333,7 +350,15 @@ class _Link:
         with self._lock:
             self._lock.wait_for(lambda: self._active < self._slots)
             self._active += 1
-        return self._opener()
+            alongside = self._active - 1
+        opened = self._opener()
+        opened.alongside = alongside
+        return opened
+
+    def narrow(self, slots: int) -> None:
+        """At most `slots` sessions at once from now on (sessions open now stay)."""
+        with self._lock:
+            self._slots = min(self._slots, slots)
 
     def release(self) -> None:
         with self._lock:
@@ -341,10 +366,11 @@ class _Link:
             self._lock.notify_all()
 
     def crowded(self, opened: _Opened) -> bool:
-        """After a failed open (its slot released): were other sessions open? Then fewer slots from now on."""
+        """After a failed open (its slot released): were other sessions open, now or when it was opened (the
+        server may still count one that has just ended)? Then fewer slots from now on."""
         with self._lock:
-            if self._active and opened.connected:
-                self._slots = min(self._slots, self._active)
+            if (self._active or opened.alongside) and opened.connected:
+                self._slots = min(self._slots, max(1, self._active))
                 return True
             return False
 

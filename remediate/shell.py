@@ -33,21 +33,26 @@ from remediate.transport import Connection, Local, Result
 
 # Constant scripts; every path, mode and owner arrives as a quoted positional argument.
 ATOMIC_WRITE = (
-    'set -eu; d=$(dirname -- "$1"); tmp=$(mktemp -- "$1.remediate.XXXXXX"); '
+    'set -eu; d=${1%/*}; tmp=$(mktemp -- "$1.remediate.XXXXXX"); '
     'trap \'rm -f -- "$tmp"\' EXIT; cat > "$tmp"; chown -- "$3" "$tmp"; chmod -- "$2" "$tmp"; '
     'if [ -n "${4:-}" ]; then touch -m -d "$4" -- "$tmp"; fi; '
-    'if [ -n "${5:-}" ]; then t=$(( $(date +%s) - $5 )); o=$(stat -c %Y -- "$1" 2>/dev/null || echo 0); '
-    'if [ "$t" -gt "$o" ]; then touch -m -d "@$t" -- "$tmp"; fi; fi; '
-    'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "$d"; sha256sum -- "$1"'
+    # the host's time is the new file's mtime: one stat for it and the replaced file's (whole seconds)
+    'if [ -n "${5:-}" ]; then s=$(stat -c %Y -- "$tmp" "$1" 2>/dev/null || :); n=${s%%[!0-9]*}; o=${s#"$n"}; '
+    'o=${o#?}; t=$(( n - $5 )); if [ "$t" -gt "${o:-0}" ]; then touch -m -d "@$t" -- "$tmp"; fi; fi; '
+    'sync -- "$tmp"; mv -f -- "$tmp" "$1"; trap - EXIT; sync -- "${d:-/}"; sha256sum -- "$1"'
 )
 REMOVE_IF_SAME = 'cmp -s -- "$1" - && rm -f -- "$1"'
-CREATE_EXCLUSIVE = 'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; set -C; cat > "$1"'
+CREATE_EXCLUSIVE = 'set -eu; umask 077; d=${1%/*}; [ -d "${d:-/}" ] || mkdir -p -- "$d"; set -C; cat > "$1"'
+STAT_FORMAT = "%a %u %g %s %.9Y %U %G"
 # One round trip for many commands: each runs with its stdout and stderr in files of a private directory;
 # then the exit statuses, the files' sizes (one `wc -c`) and their bytes (one `cat`), each part after a
 # boundary line. The sizes frame the bytes; the boundary only guards the framing.
 GATHER_HEAD = (
     'set -u; d=$(mktemp -d); trap \'rm -rf -- "$d"\' EXIT; n=0; '
-    'run() { n=$((n+1)); "$@" >"$d/$n.o" 2>"$d/$n.e" </dev/null; echo "$?" >>"$d/rc"; }'
+    'run() { n=$((n+1)); "$@" >"$d/$n.o" 2>"$d/$n.e" </dev/null; echo "$?" >>"$d/rc"; }; '
+    # a file that may be absent: exit 3 (and no output) when it does not exist; functions, not one more shell
+    'rd() { if [ -e "$1" ] || [ -L "$1" ]; then cat -- "$1"; else return 3; fi; }; '
+    f'st() {{ if [ -e "$1" ]; then stat -c "{STAT_FORMAT}" -- "$1"; else return 3; fi; }}'
 )
 GATHER_TAIL = (
     'f=; i=1; while [ "$i" -le "$n" ]; do f="$f $d/$i.o $d/$i.e"; i=$((i+1)); done; '
@@ -57,17 +62,13 @@ GATHER_TAIL = (
 # polling every 20 ms at most $2 times; prints "settled" or the pids still alive. Without a pid, or
 # without pgrep, nothing is waited for. The command's own exit status is the script's.
 RUN_AND_WAIT_CHILDREN = (
-    'set -u; f=$1; n=$2; shift 2; m=$(head -n 1 -- "$f" 2>/dev/null | tr -cd 0-9 || :); old=; '
-    'if [ -n "$m" ]; then old=$(pgrep -P "$m" 2>/dev/null | tr \'\\n\' \' \' || :); fi; '
+    'set -u; f=$1; n=$2; shift 2; m=; old=; if [ -r "$f" ]; then read -r m rest < "$f" || :; fi; '
+    'case $m in ""|*[!0-9]*) ;; *) old=$(pgrep -d " " -P "$m" 2>/dev/null || :);; esac; '
     '"$@" || exit $?; i=0; while [ -n "$old" ] && [ "$i" -lt "$n" ]; do left=; '
     'for p in $old; do if [ -d "/proc/$p" ]; then left="$left $p"; fi; done; old=$left; '
     'if [ -n "$old" ]; then i=$((i+1)); sleep 0.02; fi; done; '
     'if [ -n "$old" ]; then echo "still running:$old"; else echo settled; fi'
 )
-# `cat` a file that may be absent: exit 3 (and no output) when it does not exist
-READ_IF_EXISTS = 'if [ -e "$1" ] || [ -L "$1" ]; then exec cat -- "$1"; else exit 3; fi'
-STAT_FORMAT = "%a %u %g %s %.9Y %U %G"
-STAT_IF_EXISTS = f'if [ -e "$1" ]; then exec stat -c "{STAT_FORMAT}" -- "$1"; else exit 3; fi'
 # A private copy of a directory with some files replaced, at a new path $1 (mkdir fails on anything already
 # there, a symlink included; the name holds 64 random bits): copy (modes, owners, times kept), then the tar
 # archive on stdin over it (its members' modes, owners and times). Removed again when a step fails.
@@ -75,15 +76,17 @@ PRIVATE_COPY = (
     'set -eu; umask 077; mkdir -m 700 -- "$1"; trap \'rm -rf -- "$1"\' EXIT; cp -a -- "$2/." "$1"; '
     'tar -x -p --same-owner --numeric-owner -f - -C "$1"; trap - EXIT'
 )
-# Many files written under one root in one round trip: directories made 0700, parents too ($2 of them,
-# then the files' relative paths), the files unpacked from a tar on stdin into a private directory beside
-# them, each fsynced and renamed into place in the order given, then their sha256 read back.
+# Many files written under one root in one round trip: directories made 0700, parents too ($2: their
+# absolute paths, one per line), the files (their paths relative to the root, the other arguments) unpacked
+# from a tar on stdin into a private directory beside them, fsynced and renamed into place in the order
+# given, their directories fsynced, then their sha256 read back. One process per step, not per file.
 PUT_FILES = (
-    'set -eu; umask 077; r=$1; n=$2; shift 2; i=0; while [ "$i" -lt "$n" ]; do mkdir -p -- "$1"; chmod 700 -- "$1"; '
-    'shift; i=$((i+1)); done; t=$(mktemp -d -- "$r/.remediate.XXXXXX"); trap \'rm -rf -- "$t"\' EXIT; '
-    'tar -x -p --same-owner --numeric-owner -f - -C "$t"; cd -- "$t"; sync -- "$@"; '
-    'for f in "$@"; do mv -f -- "$t/$f" "$r/$f"; done; cd -- "$r"; '
-    'for f in "$@"; do case $f in */*) sync -- "${f%/*}";; esac; done; sync -- .; sha256sum -- "$@"'
+    'set -eu; umask 077; r=$1; m=$2; shift 2; nl=\'\n\'; if [ -n "$m" ]; then IFS=$nl; set -f; '
+    'mkdir -p -- $m; chmod 700 -- $m; unset IFS; set +f; fi; t=$(mktemp -d -- "$r/.remediate.XXXXXX"); '
+    'trap \'rm -rf -- "$t"\' EXIT; tar -x -p --same-owner --numeric-owner -f - -C "$t"; cd -- "$t"; '
+    'sync -- "$@"; for f in "$@"; do mv -f -- "$t/$f" "$r/$f"; done; cd -- "$r"; s=; for f in "$@"; do '
+    'case $f in */*) s="$s${f%/*}$nl";; esac; done; IFS=$nl; set -f; sync -- $s .; unset IFS; set +f; '
+    'sha256sum -- "$@"'
 )
 
 
@@ -231,10 +234,9 @@ class PosixShell:
         lines = [f"B={boundary}", *([f"{shlex.join(prelude)} || exit $?"] if prelude else []), GATHER_HEAD]
         for op in unique:
             if isinstance(op, Read):
-                argv = ["sh", "-c", READ_IF_EXISTS, "sh", op.path] if op.missing_ok else ["cat", "--", op.path]
+                argv = ["rd", op.path] if op.missing_ok else ["cat", "--", op.path]
             elif isinstance(op, Stat):
-                argv = ["sh", "-c", STAT_IF_EXISTS, "sh", op.path] if op.missing_ok else \
-                    ["stat", "-c", STAT_FORMAT, "--", op.path]
+                argv = ["st", op.path] if op.missing_ok else ["stat", "-c", STAT_FORMAT, "--", op.path]
             else:
                 argv = list(op.argv)
             lines.append("run " + shlex.join(argv))
@@ -340,7 +342,9 @@ class PosixShell:
         rels = [posixpath.normpath(rel) for rel in files]
         if any(rel.startswith(("/", "..")) for rel in rels):
             raise ValueError(f"put_files: paths must lie under {root}: {rels}")
-        out = self.conn.run(["sh", "-c", PUT_FILES, "sh", root, str(len(dirs)), *dirs, *rels],
+        if any("\n" in path for path in (*rels, *dirs)):
+            raise ValueError(f"put_files: a path with a line break: {[*dirs, *rels]}")
+        out = self.conn.run(["sh", "-c", PUT_FILES, "sh", root, "\n".join(dirs), *rels],
                             input=archive.getvalue()).out.split()
         return {path.lstrip("\\"): digest.lstrip("\\") for digest, path in zip(out[0::2], out[1::2], strict=True)}
 

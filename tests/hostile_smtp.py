@@ -72,6 +72,7 @@ class Conversation:
         b = self.behaviour
         with b.lock:
             b.open_now += 1
+            b.peak = max(b.peak, b.open_now)
             crowded = b.max_sessions is not None and b.open_now > b.max_sessions
         try:
             if crowded:   # Postfix's anvil, Exim's smtp_accept_max_per_host
@@ -252,7 +253,7 @@ class Behaviour:
 
     def __init__(self, **overrides: object) -> None:
         self.traces: list[str] = []
-        self.lock, self.open_now = threading.Lock(), 0
+        self.lock, self.open_now, self.peak = threading.Lock(), 0, 0   # connections open now, and at most
         self.one_ended = threading.Event()
         for key, value in overrides.items():
             assert hasattr(self, key), key

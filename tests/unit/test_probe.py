@@ -301,6 +301,23 @@ def test_a_connection_held_in_the_listen_queue_does_not_stall_the_probe(held: in
     assert server.accepted >= 2
 
 
+def test_a_near_server_gets_two_connections_at_once_and_a_far_one_five(server_tls: ssl.SSLContext) -> None:
+    # concurrency saves round trips; on a server that answers a connect within milliseconds each extra
+    # connection only costs it a process: the probe keeps to two there, five where round trips cost more
+    from remediate.smtp import default_connect
+
+    def far(address: str, port: int, timeout: float) -> socket.socket:
+        time.sleep(0.02)   # a 20 ms round trip
+        return default_connect(None)(address, port, timeout)
+
+    near_server, far_server = (OpenRelay(tls=server_tls, auth=("PLAIN", "ANONYMOUS")) for _ in range(2))
+    near, _ = run(near_server, local_domain="example.org")
+    remote, _ = run(far_server, local_domain="example.org", connect=far)
+    # (the server counts a connection until its own thread has closed it: one more than the probe had open)
+    assert near_server.peak <= 3 < 4 <= far_server.peak
+    assert outcome(near) == outcome(remote) and near.errors == remote.errors == ()
+
+
 def test_connection_refused_is_inconclusive() -> None:
     port = socket.create_server(("127.0.0.1", 0))
     address = port.getsockname()
