@@ -10,12 +10,15 @@ built on this by `remediate.shell`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import select
 import shlex
 import socket
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,27 @@ class _Refuse(paramiko.MissingHostKeyPolicy):
             "after checking the fingerprint)")
 
 
+def _open_later(transport: paramiko.Transport, timeout: float) -> Future[paramiko.Channel]:
+    """Open a session channel in a daemon thread (it waits a round trip; a run that ends meanwhile does not
+    wait for it)."""
+    future: Future[paramiko.Channel] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(transport.open_session(timeout=timeout))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the channel
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="ssh-channel", daemon=True).start()
+    return future
+
+
+def _close_channel(spare: Future[paramiko.Channel]) -> None:
+    """Close a spare channel nobody took (once its open has finished, whichever way)."""
+    with contextlib.suppress(Exception):
+        spare.result().close()
+
+
 class Connection:
     """An SSH connection to one inventory host. Connects lazily; close() or `with` releases it."""
 
@@ -74,6 +98,7 @@ class Connection:
         self._retries = retries
         self._client: paramiko.SSHClient | None = None
         self._jump: Connection | None = None
+        self._spare: Future[paramiko.Channel] | None = None   # the next command's channel, opening
 
     # ------------------------------------------------------------------ connect
     def __enter__(self) -> Connection:
@@ -84,6 +109,9 @@ class Connection:
         self.close()
 
     def close(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.add_done_callback(_close_channel)
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -228,7 +256,7 @@ class Connection:
         assert self._client is not None
         cmd = self.command_line(argv, privileged=privileged)
         try:
-            chan = self._client.get_transport().open_session(timeout=timeout)  # type: ignore[union-attr]
+            chan = self._session(timeout)
             chan.settimeout(timeout)
             chan.exec_command(cmd)
             if input is not None:
@@ -252,9 +280,30 @@ class Connection:
         """Start argv with its stdin/stdout as an interactive byte stream (an MTA's own SMTP test session)."""
         self.connect()
         assert self._client is not None
-        chan = self._client.get_transport().open_session(timeout=timeout)  # type: ignore[union-attr]
+        chan = self._session(timeout)
         chan.settimeout(timeout)
         chan.exec_command(self.command_line(argv))
+        return chan
+
+    def _session(self, timeout: float) -> paramiko.Channel:
+        """A session channel for the next command: the spare opened while the previous command ran when there
+        is one, else a new one; then the next spare starts opening. Opening a channel is a round trip of its
+        own (RFC 4254 5.1: the open must be confirmed before a request); a spare takes it off each command's
+        path. A spare that failed to open (the link went away) is replaced by a fresh open, whose error is
+        the one raised."""
+        transport = self._client.get_transport() if self._client is not None else None
+        if transport is None:
+            raise paramiko.SSHException("not connected")
+        spare, self._spare = self._spare, None
+        chan = None
+        if spare is not None:
+            try:
+                chan = spare.result(timeout=timeout)
+            except (paramiko.SSHException, OSError, EOFError, TimeoutError):
+                chan = None
+        if chan is None or chan.closed:
+            chan = transport.open_session(timeout=timeout)
+        self._spare = _open_later(transport, timeout)
         return chan
 
 
