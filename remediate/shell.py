@@ -21,13 +21,13 @@ import shlex
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import paramiko
 
-from remediate.errors import CommandError
+from remediate.errors import CommandError, RemediateError
 from remediate.model import Host
 from remediate.transport import Connection, Local, Result
 
@@ -188,6 +188,15 @@ class PosixShell:
         self.conn = conn
         self.host = conn.host
         self.name = conn.name
+        #: private copies done with: removed by the shell's next command of its own, or at `close`
+        self._leftovers: list[str] = []
+
+    def _tidy(self, script: str) -> str:
+        """`script`, first removing the private copies done with (their removal rides along: no round trip)."""
+        if not self._leftovers:
+            return script
+        paths, self._leftovers = self._leftovers, []
+        return f"rm -rf -- {shlex.join(paths)} 2>/dev/null || :\n{script}"
 
     @property
     def peer_fingerprint(self) -> str | None:
@@ -195,11 +204,17 @@ class PosixShell:
         return self.conn.peer_fingerprint
 
     def close(self) -> None:
+        """Remove what is left of private copies (one command, when there are any), then disconnect."""
+        if self._leftovers:
+            with suppress(RemediateError):
+                self.conn.run(["sh", "-c", self._tidy(":")], check=False)
         self.conn.close()
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
             timeout: float | None = None) -> Result:
         """Run a driver's argument vector (privileged when the host uses `become`)."""
+        if self._leftovers:   # a driver's command runs as given: the private copies go first, on their own
+            self.conn.run(["sh", "-c", self._tidy(":")], check=False)
         return self.conn.run(list(argv), input=input, check=check, timeout=timeout)
 
     def run_and_wait_children(self, argv: Sequence[str], *, pidfile: str, within: float,
@@ -210,7 +225,7 @@ class PosixShell:
         connection, with the old configuration, and hold up new ones meanwhile). True when they
         are gone (or there were none, or no pid to ask about), False when some still ran at `within`."""
         polls = max(0, round(within / 0.02))
-        result = self.conn.run(["sh", "-c", RUN_AND_WAIT_CHILDREN, "sh", pidfile, str(polls), *argv],
+        result = self.conn.run(["sh", "-c", self._tidy(RUN_AND_WAIT_CHILDREN), "sh", pidfile, str(polls), *argv],
                                timeout=timeout)
         return result.out.strip().splitlines()[-1:] == ["settled"]
 
@@ -241,7 +256,7 @@ class PosixShell:
                 argv = list(op.argv)
             lines.append("run " + shlex.join(argv))
         lines.append(GATHER_TAIL if unique else "exit 0")
-        out = self.conn.run(["sh", "-c", "\n".join(lines)], input=input).stdout
+        out = self.conn.run(["sh", "-c", self._tidy("\n".join(lines))], input=input).stdout
         if not unique:
             return []
         mark = f"{boundary}\n".encode()
@@ -278,7 +293,8 @@ class PosixShell:
         by this user, so nobody else can change what validation reads) in which each
         of `files` ({path relative to source: (bytes, stat)}) is replaced by the given bytes, with that
         stat's mode, owner and modification time, at /tmp/`prefix`.<random>; the ops `then(path)` gives are
-        gathered in the same round trip (`PrivateCopy.results`). Removed with everything in it afterwards."""
+        gathered in the same round trip (`PrivateCopy.results`). Removed with everything in it afterwards, by
+        the shell's next command of its own (no round trip of its own), a driver's next command, or `close`."""
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for rel, (data, st) in files.items():
@@ -293,7 +309,7 @@ class PosixShell:
         try:
             yield PrivateCopy(path, results)
         finally:
-            self.conn.run(["rm", "-rf", "--", path], check=False)
+            self._leftovers.append(path)
 
     # ------------------------------------------------------------------ files
     def read(self, path: str) -> bytes:
@@ -320,8 +336,8 @@ class PosixShell:
         nothing here."""
         when = "" if mtime_ns is None else "@{}.{:09d}".format(*divmod(mtime_ns, 10**9))
         age = str(backdate) if backdate > 0 and mtime_ns is None else ""
-        result = self.conn.run(["sh", "-c", ATOMIC_WRITE, "sh", path, f"{mode:o}", f"{uid}:{gid}", when, age],
-                               input=data, check=False)
+        result = self.conn.run(["sh", "-c", self._tidy(ATOMIC_WRITE), "sh", path, f"{mode:o}", f"{uid}:{gid}", when,
+                                age], input=data, check=False)
         if result.rc != 0:
             raise CommandError(self.name, f"atomic write of {path}", result.rc, result.err)
         out = result.out
@@ -344,13 +360,13 @@ class PosixShell:
             raise ValueError(f"put_files: paths must lie under {root}: {rels}")
         if any("\n" in path for path in (*rels, *dirs)):
             raise ValueError(f"put_files: a path with a line break: {[*dirs, *rels]}")
-        out = self.conn.run(["sh", "-c", PUT_FILES, "sh", root, "\n".join(dirs), *rels],
+        out = self.conn.run(["sh", "-c", self._tidy(PUT_FILES), "sh", root, "\n".join(dirs), *rels],
                             input=archive.getvalue()).out.split()
         return {path.lstrip("\\"): digest.lstrip("\\") for digest, path in zip(out[0::2], out[1::2], strict=True)}
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
         """Create `path` (mode 0600, parents made) only if it does not exist; False when it already did."""
-        result = self.conn.run(["sh", "-c", CREATE_EXCLUSIVE, "sh", path], input=data, check=False)
+        result = self.conn.run(["sh", "-c", self._tidy(CREATE_EXCLUSIVE), "sh", path], input=data, check=False)
         if result.rc == 0:
             return True
         if self.exists(path):
@@ -376,7 +392,7 @@ class PosixShell:
 
     def remove_if_same(self, path: str, data: bytes) -> bool:
         """Remove `path` only if its bytes are exactly `data` (compared on the host); True if it was removed."""
-        return self.conn.run(["sh", "-c", REMOVE_IF_SAME, "sh", path], input=data, check=False).rc == 0
+        return self.conn.run(["sh", "-c", self._tidy(REMOVE_IF_SAME), "sh", path], input=data, check=False).rc == 0
 
     def restore_metadata(self, path: str, st: FileStat) -> None:
         """Give `path` back its owner, mode and mtime (to the nanosecond)."""

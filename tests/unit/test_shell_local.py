@@ -87,6 +87,17 @@ def test_private_copy_replaces_files_with_the_given_bytes_mode_and_time_and_is_r
         st_ = (copied / "main.cf").stat()
         assert st_.st_mode & 0o777 == 0o604 and int(st_.st_mtime) == 1_600_000_000
         assert (source / "main.cf").read_text() == "old\n"       # the live file is never written
+    assert copied.exists()             # removed by the shell's next command, which it rides along with
+    calls.clear()
+    shell.conn.run = lambda argv, **kw: calls.append(argv) or run(argv, **kw)
+    try:
+        shell.gather([Read(str(source / "main.cf"))])
+    finally:
+        shell.conn.run = run
+    assert len(calls) == 1 and not copied.exists()
+    with shell.private_copy("remediate-test", str(source), {}) as copy:
+        copied = Path(copy.path)
+    shell.close()                      # or when the shell closes
     assert not copied.exists()
 
 
