@@ -286,23 +286,27 @@ class Connection:
         return chan
 
     def _session(self, timeout: float) -> paramiko.Channel:
-        """A session channel for the next command: the spare opened while the previous command ran when there
-        is one, else a new one; then the next spare starts opening. Opening a channel is a round trip of its
-        own (RFC 4254 5.1: the open must be confirmed before a request); a spare takes it off each command's
-        path. A spare that failed to open (the link went away) is replaced by a fresh open, whose error is
-        the one raised."""
+        """A session channel for the next command, within `timeout` seconds in all: the spare opened while the
+        previous command ran when there is one, else a new one; then the next spare starts opening. Opening a
+        channel is a round trip of its own (RFC 4254 5.1: the open must be confirmed before a request); a
+        spare takes it off each command's path. When the spare could not be opened (the link went away) a
+        fresh open within the time left says why."""
         transport = self._client.get_transport() if self._client is not None else None
         if transport is None:
             raise paramiko.SSHException("not connected")
+        deadline = time.monotonic() + timeout
         spare, self._spare = self._spare, None
         chan = None
         if spare is not None:
             try:
                 chan = spare.result(timeout=timeout)
             except (paramiko.SSHException, OSError, EOFError, TimeoutError):
-                chan = None
+                spare.add_done_callback(_close_channel)
         if chan is None or chan.closed:
-            chan = transport.open_session(timeout=timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise paramiko.SSHException(f"no session channel opened within {timeout:g}s")
+            chan = transport.open_session(timeout=left)
         self._spare = _open_later(transport, timeout)
         return chan
 
