@@ -82,6 +82,29 @@ def _open_later(transport: paramiko.Transport, timeout: float) -> Future[paramik
     return future
 
 
+def _exec(chan: paramiko.Channel, command: str, timeout: float) -> None:
+    """`exec_command` within `timeout` seconds: paramiko waits for the server's reply to the request without a
+    timeout, and over a link that went silent (a channel opened before it did) that reply never comes; the
+    channel is closed then (which ends the wait) and TimeoutError raised."""
+    expired = threading.Event()
+
+    def give_up() -> None:
+        expired.set()
+        chan.close()
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        chan.exec_command(command)
+    except paramiko.SSHException:
+        if expired.is_set():
+            raise TimeoutError(f"no answer to the command request within {timeout:g}s") from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
 def _close_channel(spare: Future[paramiko.Channel]) -> None:
     """Close a spare channel nobody took (once its open has finished, whichever way)."""
     with contextlib.suppress(Exception):
@@ -258,7 +281,7 @@ class Connection:
         try:
             chan = self._session(timeout)
             chan.settimeout(timeout)
-            chan.exec_command(cmd)
+            _exec(chan, cmd, timeout)
             if input is not None:
                 _send_input(chan, input)
             chan.shutdown_write()
@@ -282,7 +305,10 @@ class Connection:
         assert self._client is not None
         chan = self._session(timeout)
         chan.settimeout(timeout)
-        chan.exec_command(self.command_line(argv))
+        try:
+            _exec(chan, self.command_line(argv), timeout)
+        except TimeoutError as exc:
+            raise paramiko.SSHException(str(exc)) from exc
         return chan
 
     def _session(self, timeout: float) -> paramiko.Channel:
