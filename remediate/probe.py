@@ -274,6 +274,8 @@ class _Link:
         self._lock = threading.Condition()
         self._ready: deque[Future[_Opened]] = deque()
         self._active, self._slots = 0, _MAX_SESSIONS  # sessions opening or open; how many at once
+        self._released = 0.0   # when a session last ended (time.monotonic())
+        self._lagged = 0       # refusals taken for a server still counting a session that had ended (at most 3)
         self._tries: dict[int, int] = {}
         self.first: _Opened | None = None
         self.errors: list[str] = []
@@ -363,13 +365,18 @@ class _Link:
     def release(self) -> None:
         with self._lock:
             self._active -= 1
+            self._released = time.monotonic()
             self._lock.notify_all()
 
     def crowded(self, opened: _Opened) -> bool:
-        """After a failed open (its slot released): were other sessions open, now or when it was opened (the
-        server may still count one that has just ended)? Then fewer slots from now on."""
+        """After a failed open (its slot released): were other sessions open? Or was it refused at the greeting
+        (4xx) while others were open when it was opened, or just after one ended (the server may still count a
+        session that has just ended)? Then fewer slots from now on."""
+        refused = opened.banner is not None and opened.banner.klass == 4
         with self._lock:
-            if (self._active or opened.alongside) and opened.connected:
+            recent = (opened.alongside or time.monotonic() - self._released < 1.0) and self._lagged < 3
+            self._lagged += bool(refused and recent and not self._active)
+            if (self._active or (refused and recent)) and opened.connected:
                 self._slots = min(self._slots, max(1, self._active))
                 return True
             return False
@@ -434,12 +441,15 @@ class _Link:
         open: once more when a slot is free). When it returns a session, that holds a slot: `release` it once
         the session has ended."""
         opened = spare.result() if spare is not None else self.open()
-        for _ in range(2):
+        for attempt in range(3):
             if opened.session is not None:
                 return opened
             self.release()
-            if not (self.crowded(opened) or spare is not None):
+            crowded = self.crowded(opened)
+            if not (crowded or spare is not None):
                 return opened
+            if crowded:   # a server counting a session that has just ended: a moment for it to notice
+                time.sleep(0.05 * (attempt + 1))
             spare, opened = None, self.open()
         if opened.session is None:
             self.release()
